@@ -1,0 +1,3 @@
+"""strongroom: fast, deduplicating, encrypted backups for fleets of servers."""
+
+__version__ = "0.1.0"

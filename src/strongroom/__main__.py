@@ -1,0 +1,5 @@
+"""Allow ``python -m strongroom``."""
+
+from strongroom.cli.main import main
+
+main()

@@ -1,0 +1,41 @@
+"""Storage backends: a local directory, memory, and wrappers around any backend."""
+
+from __future__ import annotations
+
+from strongroom.backend.base import (
+    Backend,
+    BackendError,
+    NoSpace,
+    ObjectInfo,
+    ObjectNotFound,
+    PermanentError,
+    TransientError,
+)
+from strongroom.backend.local import LocalBackend
+from strongroom.backend.memory import MemoryBackend
+from strongroom.errors import UsageError
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "LocalBackend",
+    "MemoryBackend",
+    "NoSpace",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "PermanentError",
+    "TransientError",
+    "open_backend",
+]
+
+
+def open_backend(url: str) -> Backend:
+    """A backend for a repository URL: a path, ``file://path`` or ``memory:``."""
+    if url.startswith("file://"):
+        return LocalBackend(url[len("file://") :])
+    if url.startswith("memory:"):
+        return MemoryBackend(url)
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise UsageError(f"unsupported repository URL scheme {scheme!r} in {url!r}")
+    return LocalBackend(url)

@@ -1,0 +1,146 @@
+"""A backend on a local (or mounted) filesystem with crash-safe, atomic writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from strongroom.backend.base import (
+    BackendError,
+    NoSpace,
+    ObjectInfo,
+    ObjectNotFound,
+    PermanentError,
+    TransientError,
+    validate_name,
+)
+
+TEMP_PREFIX = ".tmp-"
+
+
+def _translate(err: OSError, what: str) -> BackendError:
+    if err.errno == errno.ENOENT:
+        return ObjectNotFound(f"{what}: not found")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left on the repository's storage")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermanentError(f"{what}: {err.strerror}")
+    return TransientError(f"{what}: {err.strerror or err}")
+
+
+class LocalBackend:
+    """Objects are files under ``root``; a write is temp file, fsync, rename, dir fsync."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._known_dirs: set[Path] = set()
+
+    def _path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _translate(e, f"creating {self.root}") from e
+
+    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(name)
+        directory = path.parent
+        tmp = directory / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
+        try:
+            if directory not in self._known_dirs:
+                created = not directory.is_dir()
+                directory.mkdir(parents=True, exist_ok=True)
+                if created:
+                    _fsync_dir(directory.parent)
+                self._known_dirs.add(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            _fsync_dir(directory)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise _translate(e, f"saving {name}") from e
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if length is None:
+                    if offset:
+                        f.seek(offset)
+                    return f.read()
+                data = os.pread(f.fileno(), length, offset)
+        except OSError as e:
+            raise _translate(e, f"loading {name}") from e
+        if len(data) != length:
+            raise ObjectNotFound(f"loading {name}: short read ({len(data)} of {length} bytes)")
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(name))
+        except OSError as e:
+            raise _translate(e, f"stat {name}") from e
+        return ObjectInfo(name, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.is_dir():
+            if not self.root.is_dir():
+                raise ObjectNotFound(f"listing {prefix}: repository directory is missing")
+            return
+        try:
+            for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if fn.startswith(TEMP_PREFIX):
+                        continue
+                    full = os.path.join(dirpath, fn)
+                    try:
+                        st = os.stat(full)
+                    except FileNotFoundError:
+                        continue  # removed while listing
+                    rel = os.path.relpath(full, self.root).replace(os.sep, "/")
+                    yield ObjectInfo(rel, st.st_size, st.st_mtime)
+        except OSError as e:
+            raise _translate(e, f"listing {prefix}") from e
+
+    def remove(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name))
+        except OSError as e:
+            raise _translate(e, f"removing {name}") from e
+
+    def close(self) -> None:
+        pass
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

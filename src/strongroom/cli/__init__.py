@@ -1,0 +1,1 @@
+"""The command-line interface: parses, calls the engine, renders text or JSON."""

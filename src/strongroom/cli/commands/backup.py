@@ -1,0 +1,116 @@
+"""`strongroom backup`: ad hoc backup of local paths."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import socket
+from datetime import datetime
+
+import click
+
+from strongroom import __version__
+from strongroom.cli.context import App, default_client, display_path, pass_app
+from strongroom.cli.progress import BackupProgressLine
+from strongroom.engine.archiver import Archiver, BackupRequest
+from strongroom.engine.files_cache import FilesCache
+from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
+
+
+def parse_time(value: str) -> int:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--time {value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+@click.command("backup")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--client", help="Client name recorded in the snapshot (default: host name).")
+@click.option("--job", default="default", show_default=True, help="Job name.")
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, help="Glob to leave out (repeatable).")
+@click.option("--time", "time_", help="Snapshot time (ISO 8601) instead of now.")
+@pass_app
+def backup_command(
+    app: App,
+    paths: tuple[str, ...],
+    client: str | None,
+    job: str,
+    tags: tuple[str, ...],
+    excludes: tuple[str, ...],
+    time_: str | None,
+) -> int:
+    """Back up local paths into the repository."""
+    client = client or default_client()
+    for path in paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"cannot back up {path}: no such file or directory")
+    with app.open_repository() as repo:
+        key = hashlib.sha256(
+            "\0".join(sorted(os.path.abspath(p) for p in paths)).encode()
+        ).hexdigest()[:16]
+        cache = FilesCache(app.cache_dir() / repo.id / f"files-{client}-{job}-{key}")
+        progress = BackupProgressLine(app)
+        archiver = Archiver(repo, app.clock, cache, progress)
+        result = archiver.backup(
+            BackupRequest(
+                paths=paths,
+                client=client,
+                job=job,
+                tags=tags,
+                excludes=excludes,
+                time_ns=parse_time(time_) if time_ else None,
+                hostname=socket.gethostname(),
+                username=getpass.getuser(),
+                program_version=f"strongroom {__version__}",
+            )
+        )
+        progress.close()
+    snap = result.snapshot
+    s = snap.summary
+    code = EXIT_WARNINGS if result.warnings else EXIT_SUCCESS
+    for w in result.warnings:
+        app.warn(f"{display_path(w.path)}: {w.message}")
+        app.json_line("warning", path=w.path, message=w.message)
+    if app.json:
+        app.json_line(
+            "summary",
+            snapshot_id=snap.id,
+            exit_code=code,
+            files_new=s.files_new,
+            files_changed=s.files_changed,
+            files_unmodified=s.files_unmodified,
+            files_read=s.files_read,
+            dirs=s.dirs,
+            bytes_read=s.bytes_read,
+            bytes_total=s.bytes_total,
+            bytes_new=s.bytes_new,
+            bytes_stored=s.bytes_stored,
+            blobs_new=s.blobs_new,
+            warnings=len(result.warnings),
+            duration_s=s.duration_s,
+        )
+    else:
+        app.result(
+            f"snapshot {snap.id[:8]} saved for {client}: "
+            f"{s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unchanged files; "
+            f"{_size(s.bytes_read)} read, {_size(s.bytes_new)} new, "
+            f"{_size(s.bytes_stored)} stored, in {s.duration_s:.1f}s"
+        )
+        if result.warnings:
+            app.result(f"{len(result.warnings)} file(s) could not be read completely (listed above)")
+    return code
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"

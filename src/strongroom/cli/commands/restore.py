@@ -1,0 +1,64 @@
+"""`strongroom restore`: restore a snapshot under a target directory."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.engine.restorer import Restorer, RestoreRequest
+from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS, UsageError
+
+
+@click.command("restore")
+@click.argument("snapshot")
+@click.option("--target", required=True, type=click.Path(), help="Directory to restore under.")
+@click.option("--include", "includes", multiple=True, help="Only paths matching (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, help="Leave out matching paths.")
+@click.option("--client", help="Narrow 'latest' to this client.")
+@click.option("--job", help="Narrow 'latest' to this job.")
+@click.option("--tag", "tags", multiple=True, help="Narrow 'latest' to this tag.")
+@click.option("--to-client", help="Restore onto another client (needs the fleet config).")
+@click.option("--verify", is_flag=True, help="Re-read every restored file and compare.")
+@pass_app
+def restore_command(
+    app: App,
+    snapshot: str,
+    target: str,
+    includes: tuple[str, ...],
+    excludes: tuple[str, ...],
+    client: str | None,
+    job: str | None,
+    tags: tuple[str, ...],
+    to_client: str | None,
+    verify: bool,
+) -> int:
+    """Restore a snapshot; original absolute paths are recreated under --target."""
+    if to_client:
+        raise UsageError("--to-client needs configured clients and the agent, "
+                         "which this version does not have yet")
+    with app.open_repository() as repo:
+        snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
+        app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}")
+        result = Restorer(repo).restore(
+            snap, RestoreRequest(target, includes, excludes, verify)
+        )
+    for w in result.warnings:
+        app.warn(w)
+        app.json_line("warning", message=w)
+    for e in result.errors:
+        click.echo(f"error: {e}", err=True)
+        app.json_line("error", message=e)
+    code = EXIT_INTEGRITY if result.errors else EXIT_WARNINGS if result.warnings else EXIT_SUCCESS
+    if app.json:
+        app.json_line("summary", snapshot_id=snap.id, exit_code=code, files=result.files,
+                      dirs=result.dirs, other=result.other, bytes=result.bytes,
+                      verified=result.verified, errors=len(result.errors),
+                      warnings=len(result.warnings))
+    else:
+        app.result(f"restored {result.files} files, {result.dirs} dirs, {result.other} other "
+                   f"({result.bytes} bytes)"
+                   + (f"; verified {result.verified} files" if verify else ""))
+        if result.errors:
+            app.result(f"{len(result.errors)} file(s) NOT restored because their data is "
+                       "damaged or missing (listed above)")
+    return code

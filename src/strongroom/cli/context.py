@@ -1,0 +1,210 @@
+"""What every command needs: global options, the password, the repository, output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from strongroom.backend import open_backend
+from strongroom.clock import Clock, SystemClock
+from strongroom.errors import IntegrityError, UsageError, WrongPasswordError
+from strongroom.repository import TEST_KDF, KdfParams, Repository, Snapshot
+
+
+@dataclass
+class App:
+    repo_url: str | None = None
+    config: str | None = None
+    catalog: str | None = None
+    json: bool = False
+    quiet: bool = False
+    verbose: int = 0
+    progress: bool = True
+    clock: Clock = field(default_factory=SystemClock)
+
+    # --- output ---------------------------------------------------------------------
+
+    def result(self, text: str) -> None:
+        """A result line on stdout (suppressed with --json; use emit_json there)."""
+        if not self.json:
+            click.echo(text)
+
+    def info(self, text: str) -> None:
+        """A progress or status line on stderr."""
+        if not self.quiet and not self.json:
+            click.echo(text, err=True)
+
+    def warn(self, text: str) -> None:
+        if not self.json:
+            click.echo(f"warning: {text}", err=True)
+
+    def emit_json(self, doc: Any) -> None:
+        click.echo(json.dumps(doc, default=_json_default))
+
+    def json_line(self, kind: str, **fields: Any) -> None:
+        if self.json:
+            self.emit_json({"type": kind, **fields})
+
+    @property
+    def show_progress(self) -> bool:
+        return self.progress and not self.quiet and not self.json and sys.stderr.isatty()
+
+    # --- repository -----------------------------------------------------------------
+
+    def require_repo_url(self) -> str:
+        url = self.repo_url or os.environ.get("STRONGROOM_REPOSITORY")
+        if not url:
+            raise UsageError(
+                "no repository given",
+                hint="pass --repo PATH or set STRONGROOM_REPOSITORY",
+            )
+        return url
+
+    def password(self, *, confirm: bool = False) -> bytes:
+        """The repository password from the environment, a file, a command, or a prompt."""
+        if (value := os.environ.get("STRONGROOM_PASSWORD")) is not None:
+            return value.encode()
+        if path := os.environ.get("STRONGROOM_PASSWORD_FILE"):
+            try:
+                return Path(path).read_bytes().rstrip(b"\r\n")
+            except OSError as e:
+                raise UsageError(f"cannot read STRONGROOM_PASSWORD_FILE: {e.strerror}") from None
+        if command := os.environ.get("STRONGROOM_PASSWORD_COMMAND"):
+            proc = subprocess.run(command, shell=True, capture_output=True, check=False)
+            if proc.returncode != 0:
+                raise WrongPasswordError(
+                    f"STRONGROOM_PASSWORD_COMMAND failed with exit code {proc.returncode}"
+                )
+            return proc.stdout.rstrip(b"\r\n")
+        if sys.stdin.isatty():
+            first = getpass.getpass("repository password: ")
+            if confirm and getpass.getpass("again: ") != first:
+                raise UsageError("the passwords do not match")
+            return first.encode()
+        raise WrongPasswordError(
+            "no password given",
+            hint="set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or "
+            "STRONGROOM_PASSWORD_COMMAND",
+        )
+
+    def kdf(self) -> KdfParams:
+        # For test suites only: makes key derivation instant and key files weak.
+        if os.environ.get("STRONGROOM_INSECURE_TEST_KDF") == "1":
+            return TEST_KDF
+        return KdfParams()
+
+    @contextmanager
+    def open_repository(self, *, load_index: bool = True) -> Iterator[Repository]:
+        backend = open_backend(self.require_repo_url())
+        try:
+            repo = Repository.open(backend, self.password())
+            if load_index:
+                repo.load_index()
+                for err in repo.index_errors:
+                    self.warn(f"{err} (run `strongroom check`)")
+            yield repo
+        finally:
+            backend.close()
+
+    def cache_dir(self) -> Path:
+        if path := os.environ.get("STRONGROOM_CACHE_DIR"):
+            return Path(path)
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+        return Path(base) / "strongroom"
+
+    # --- snapshots ------------------------------------------------------------------
+
+    def select_snapshots(
+        self,
+        repo: Repository,
+        client: str | None = None,
+        job: str | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> list[Snapshot]:
+        def on_error(sid: str, err: IntegrityError) -> None:
+            self.warn(f"snapshot {sid[:8]} is damaged and was skipped: {err}")
+
+        result = []
+        for snap in repo.snapshots(on_error=on_error):
+            if client and snap.client != client:
+                continue
+            if job and snap.job != job:
+                continue
+            if tags and not set(tags) <= set(snap.tags):
+                continue
+            result.append(snap)
+        return result
+
+    def resolve_snapshot(
+        self,
+        repo: Repository,
+        spec: str,
+        client: str | None = None,
+        job: str | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> Snapshot:
+        if spec == "latest":
+            candidates = self.select_snapshots(repo, client, job, tags)
+            if not candidates:
+                raise UsageError("no snapshot matches 'latest' with the given filters")
+            return candidates[-1]
+        spec = spec.lower()
+        if len(spec) < 8 or any(c not in "0123456789abcdef" for c in spec):
+            raise UsageError(f"{spec!r} is not a snapshot id: use 8+ hex digits or 'latest'")
+        matches = [sid for sid in repo.snapshot_ids() if sid.startswith(spec)]
+        if not matches:
+            raise UsageError(f"no snapshot {spec!r}")
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id {spec!r} is ambiguous: give more digits")
+        return repo.load_snapshot(matches[0])
+
+
+def default_client() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def snapshot_json(snap: Snapshot) -> dict[str, Any]:
+    """A snapshot in restic's shape, with strongroom's client and job."""
+    return {
+        "id": snap.id,
+        "short_id": snap.id[:8],
+        "time": snap.time_rfc3339,
+        "tree": snap.tree.hex(),
+        "paths": snap.paths,
+        "hostname": snap.hostname,
+        "username": snap.username,
+        "client": snap.client,
+        "job": snap.job,
+        "tags": snap.tags,
+        "program_version": snap.program_version,
+        "summary": {
+            k: getattr(snap.summary, k) for k in snap.summary.__struct_fields__
+        },
+    }
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "surrogateescape")
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def display_path(path: bytes | str) -> str:
+    """A path for humans: undecodable bytes shown as \\x escapes, never an exception."""
+    if isinstance(path, str):
+        path = os.fsencode(path)
+    return path.decode("utf-8", "backslashreplace")

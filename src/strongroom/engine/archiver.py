@@ -1,0 +1,520 @@
+"""The archiver: local paths in, a snapshot out.
+
+Directories are walked on the calling thread; regular files are read, chunked,
+hashed, compressed and encrypted by a pool of worker threads (the libraries release
+the GIL), each filling its own pack. Trees are finished in post-order as soon as their
+files are done, so only a bounded amount of work is in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from strongroom.clock import Clock
+from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.fsmeta import node_from_stat, read_xattrs
+from strongroom.errors import UsageError
+from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
+from strongroom.repository.crypto import blob_id
+from strongroom.repository.pack import PackWriter
+from strongroom.repository.tree import encode_tree
+
+MAX_IN_FLIGHT = 512
+INDEX_CHECKPOINT_PACKS = 8
+INDEX_CHECKPOINT_SECONDS = 60.0
+READ_BLOCK = 4 * 1024 * 1024
+
+
+class ArchiveProgress(Protocol):
+    def file_done(self, path: bytes, size: int, read: bool) -> None: ...
+    def warning(self, path: bytes, message: str) -> None: ...
+
+
+class _NoProgress:
+    def file_done(self, path: bytes, size: int, read: bool) -> None:
+        pass
+
+    def warning(self, path: bytes, message: str) -> None:
+        pass
+
+
+@dataclass
+class BackupRequest:
+    paths: Sequence[str]
+    client: str
+    job: str = "default"
+    tags: Sequence[str] = ()
+    excludes: Sequence[str] = ()
+    time_ns: int | None = None
+    hostname: str = ""
+    username: str = ""
+    program_version: str = ""
+
+
+@dataclass
+class FileWarning:
+    path: str
+    message: str
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    warnings: list[FileWarning] = field(default_factory=list)
+
+
+@dataclass
+class _PendingDir:
+    node: Node
+    children: list[Node | Future[Node | None] | _PendingDir] = field(default_factory=list)
+    tree_id: bytes | None = None
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.summary = Summary()
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for k, v in counts.items():
+                setattr(self.summary, k, getattr(self.summary, k) + v)
+
+
+class _SeekableLimited:
+    """A reader over ``[offset, offset+length)`` of a file descriptor, for data extents."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd, self._pos, self._end = fd, offset, offset + length
+
+    def readinto(self, buf: memoryview) -> int:
+        want = min(len(buf), self._end - self._pos)
+        if want <= 0:
+            return 0
+        n = os.preadv(self._fd, [buf[:want]], self._pos)
+        self._pos += n
+        return n
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    parts = []
+    got = 0
+    while got < limit:
+        part = os.read(fd, limit - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of the data regions of a sparse file, or None if not sparse."""
+    extents = []
+    pos = 0
+    try:
+        while pos < size:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, min(end, size) - start))
+            pos = end
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # no more data after pos
+            return extents
+        return None
+    return extents
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        clock: Clock,
+        files_cache: FilesCache | None = None,
+        progress: ArchiveProgress | None = None,
+        workers: int | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.clock = clock
+        self.files_cache = files_cache or FilesCache(None)
+        self.progress = progress or _NoProgress()
+        self.workers = workers or max(2, (os.cpu_count() or 2))
+        self._on_step = on_step or (lambda step: None)
+        self._local = threading.local()
+        self._writers: list[PackWriter] = []
+        self._writers_lock = threading.Lock()
+        self._claimed: set[bytes] = set()
+        self._claim_lock = threading.Lock()
+        self._stats = _Stats()
+        self._warnings: list[FileWarning] = []
+        self._last_checkpoint = 0.0
+        self._excludes: list[bytes] = []
+        self._tree_writer: PackWriter | None = None
+
+    # --- blobs ----------------------------------------------------------------------
+
+    def _claim(self, bid: bytes) -> bool:
+        """True when this caller must store the blob (nobody has or is storing it)."""
+        if self.repo.has_blob(bid):
+            return False
+        with self._claim_lock:
+            if bid in self._claimed:
+                return False
+            self._claimed.add(bid)
+            return True
+
+    def _thread_writer(self) -> PackWriter:
+        writer: PackWriter | None = getattr(self._local, "writer", None)
+        if writer is None:
+            writer = self.repo.new_pack_writer()
+            self._local.writer = writer
+            with self._writers_lock:
+                self._writers.append(writer)
+        return writer
+
+    def _store(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
+        if blob_type == TREE:
+            if self._tree_writer is None:
+                self._tree_writer = self.repo.new_pack_writer()
+            writer = self._tree_writer
+        else:
+            writer = self._thread_writer()
+        entry = writer.add(blob_type, bid, data)
+        self._stats.add(blobs_new=1, bytes_new=entry.raw_length, bytes_stored=entry.length)
+        if writer.size >= self.repo.pack_target_size:
+            if blob_type == TREE:
+                self._tree_writer = None
+            else:
+                with self._writers_lock:
+                    self._writers.remove(writer)
+                self._local.writer = None
+            self._upload(writer)
+
+    def _upload(self, writer: PackWriter) -> None:
+        self.repo.upload_pack(writer)
+        self._on_step("pack-written")
+        now = self.clock.monotonic()
+        if (
+            self.repo.pending_packs() >= INDEX_CHECKPOINT_PACKS
+            or now - self._last_checkpoint > INDEX_CHECKPOINT_SECONDS
+        ):
+            self._last_checkpoint = now
+            if self.repo.flush_index():
+                self._on_step("index-written")
+
+    # --- files ----------------------------------------------------------------------
+
+    def _chunker(self) -> Chunker:
+        chunker: Chunker | None = getattr(self._local, "chunker", None)
+        if chunker is None:
+            chunker = self.repo.chunker()
+            self._local.chunker = chunker
+        return chunker
+
+    def _add_chunks(self, chunks: object, content: list[bytes | int]) -> int:
+        total = 0
+        id_key = self.repo.master.id_key
+        for chunk in chunks:  # type: ignore[attr-defined]
+            bid = blob_id(id_key, chunk)
+            if self._claim(bid):
+                self._store(DATA, bid, chunk)
+            content.append(bid)
+            total += len(chunk)
+        return total
+
+    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
+        content: list[bytes | int] = []
+        size = st.st_size
+        chunker = self._chunker()
+        if size <= chunker.params.min_size:
+            data = _read_up_to(fd, chunker.params.min_size + 1)
+            if len(data) > chunker.params.min_size:  # grew while reading: chunk it all
+                with self._stream(fd, len(data)) as rest:
+                    data += rest.read()
+                return content, self._add_chunks(chunker.split(data), content)
+            return content, self._add_chunks([data] if data else [], content)
+        if st.st_blocks * 512 < size:
+            extents = data_extents(fd, size)
+            if extents is not None:
+                read = 0
+                pos = 0
+                for offset, length in extents:
+                    if offset > pos:
+                        content.append(offset - pos)
+                    read += self._add_chunks(
+                        chunker.split_stream(_SeekableLimited(fd, offset, length)),  # type: ignore[arg-type]
+                        content,
+                    )
+                    pos = offset + length
+                if size > pos:
+                    content.append(size - pos)
+                return content, read
+        return content, self._add_chunks(
+            chunker.split_stream(os.fdopen(os.dup(fd), "rb", buffering=0)),  # noqa: SIM115
+            content,
+        )
+
+    def _stream(self, fd: int, offset: int) -> BinaryIO:
+        f = os.fdopen(os.dup(fd), "rb", buffering=0)
+        f.seek(offset)
+        return f
+
+    def _file(self, path: bytes, node: Node, st: os.stat_result) -> Node | None:
+        cached = self.files_cache.lookup(path, st)
+        if cached is not None and all(
+            isinstance(c, int) or self.repo.has_blob(c) for c in cached.content
+        ):
+            node.content = list(cached.content)
+            self.files_cache.remember(path, st, node.content)
+            self._stats.add(files_unmodified=1, bytes_total=st.st_size)
+            self.progress.file_done(path, st.st_size, False)
+            return node
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            self._warn(path, f"cannot open: {e.strerror}")
+            return None
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+                self._warn(path, "replaced by another kind of file during the backup")
+                return None
+            node.xattrs = read_xattrs(fd)
+            node.content, read = self._read_content(fd, before)
+            after = os.fstat(fd)
+        except OSError as e:
+            self._warn(path, f"cannot read: {e.strerror}")
+            return None
+        finally:
+            os.close(fd)
+        node.size = read + sum(c for c in node.content if isinstance(c, int))
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+            before.st_ctime_ns,
+        ) or node.size != after.st_size:
+            node.changed = True
+            self._warn(path, "changed while being read; stored as read, will be read again")
+        else:
+            self.files_cache.remember(path, after, node.content)
+        self._stats.add(
+            files_new=1 if cached is None else 0,
+            files_changed=0 if cached is None else 1,
+            files_read=1,
+            bytes_read=read,
+            bytes_total=node.size,
+        )
+        self.progress.file_done(path, node.size, True)
+        return node
+
+    def _warn(self, path: bytes, message: str) -> None:
+        with self._stats.lock:
+            self._warnings.append(FileWarning(os.fsdecode(path), message))
+            self._stats.summary.errors += 1
+        self.progress.warning(path, message)
+
+    # --- directories ----------------------------------------------------------------
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        for pattern in self._excludes:
+            target = path if b"/" in pattern else name
+            if fnmatch.fnmatchcase(target, pattern):
+                return True
+        return False
+
+    def _walk(
+        self, path: bytes, node: Node, pool: ThreadPoolExecutor, ready: deque[_PendingDir]
+    ) -> _PendingDir:
+        pending = _PendingDir(node)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            self._warn(path, f"cannot open directory: {e.strerror}")
+            ready.append(pending)
+            return pending
+        try:
+            node.xattrs = read_xattrs(fd)
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                child_path = path.rstrip(b"/") + b"/" + name
+                if self._excluded(child_path, name):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        self._warn(child_path, f"cannot stat: {e.strerror}")
+                    continue
+                child = node_from_stat(name, st)
+                if stat.S_ISDIR(st.st_mode):
+                    self._stats.add(dirs=1)
+                    pending.children.append(self._walk(child_path, child, pool, ready))
+                elif stat.S_ISREG(st.st_mode):
+                    pending.children.append(pool.submit(self._file, child_path, child, st))
+                else:
+                    if stat.S_ISLNK(st.st_mode):
+                        try:
+                            child.target = os.readlink(name, dir_fd=fd)  # type: ignore[assignment]
+                        except OSError as e:
+                            self._warn(child_path, f"cannot read link: {e.strerror}")
+                            continue
+                    self._stats.add(other=1)
+                    pending.children.append(child)
+        except OSError as e:
+            self._warn(path, f"cannot read directory: {e.strerror}")
+        finally:
+            os.close(fd)
+        ready.append(pending)
+        self._drain(ready, MAX_IN_FLIGHT)
+        return pending
+
+    def _drain(self, ready: deque[_PendingDir], keep: int) -> None:
+        """Finish directories in post-order while more than ``keep`` are waiting."""
+        while len(ready) > keep:
+            self._finish_dir(ready.popleft())
+
+    def _finish_dir(self, pending: _PendingDir) -> None:
+        nodes: list[Node] = []
+        for child in pending.children:
+            if isinstance(child, Future):
+                result = child.result()
+                if result is not None:
+                    nodes.append(result)
+            elif isinstance(child, _PendingDir):
+                if child.tree_id is None:
+                    raise AssertionError("directory finished before its subdirectory")
+                child.node.subtree = child.tree_id
+                nodes.append(child.node)
+            else:
+                nodes.append(child)
+        pending.tree_id = self._save_tree(nodes)
+        pending.children = []
+
+    def _save_tree(self, nodes: list[Node]) -> bytes:
+        data = encode_tree(nodes)
+        bid = blob_id(self.repo.master.id_key, data)
+        if self._claim(bid):
+            self._store(TREE, bid, data)
+        return bid
+
+    # --- the whole backup -----------------------------------------------------------
+
+    def backup(self, request: BackupRequest) -> BackupResult:
+        start = self.clock.monotonic()
+        self._last_checkpoint = start
+        self._excludes = [os.fsencode(p) for p in request.excludes]
+        roots = _normalize_paths(request.paths)
+        ready: deque[_PendingDir] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-file") as pool:
+            try:
+                root_tree = self._archive_roots(roots, pool, ready)
+            except BaseException:
+                for f in (c for d in ready for c in d.children if isinstance(c, Future)):
+                    f.cancel()
+                raise
+        for writer in self._writers:
+            if writer.entries:
+                self._upload(writer)
+        if self._tree_writer is not None and self._tree_writer.entries:
+            self._upload(self._tree_writer)
+        self.repo.flush_index()
+        self._on_step("index-written")
+        self.files_cache.save()
+        summary = self._stats.summary
+        summary.duration_s = round(self.clock.monotonic() - start, 3)
+        snapshot = Snapshot(
+            time_ns=request.time_ns if request.time_ns is not None else self.clock.now_ns(),
+            tree=root_tree,
+            paths=[os.fsdecode(p) for p in roots],
+            client=request.client,
+            job=request.job,
+            hostname=request.hostname,
+            username=request.username,
+            tags=sorted(set(request.tags)),
+            program_version=request.program_version,
+            summary=summary,
+            warnings=[f"{w.path}: {w.message}" for w in self._warnings[:1000]],
+        )
+        self._on_step("before-snapshot")
+        snapshot.id = self.repo.save_snapshot(snapshot)
+        self._on_step("snapshot-written")
+        return BackupResult(snapshot, list(self._warnings))
+
+    def _archive_roots(
+        self, roots: list[bytes], pool: ThreadPoolExecutor, ready: deque[_PendingDir]
+    ) -> bytes:
+        """Build the snapshot's root tree: each path's ancestors become directories."""
+        # A nested dict of path components; a None value marks a backed-up path.
+        if roots == [b"/"]:
+            top = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), pool, ready)
+            self._drain(ready, 0)
+            assert top.tree_id is not None
+            return top.tree_id
+        layout: dict[bytes, object] = {}
+        for root in roots:
+            parts = [p for p in root.split(b"/") if p]
+            level = layout
+            for part in parts[:-1]:
+                level = level.setdefault(part, {})  # type: ignore[assignment]
+            level[parts[-1]] = None
+        top = self._archive_level(b"", layout, pool, ready)
+        self._drain(ready, 0)
+        return top
+
+    def _archive_level(
+        self,
+        prefix: bytes,
+        layout: dict[bytes, object],
+        pool: ThreadPoolExecutor,
+        ready: deque[_PendingDir],
+    ) -> bytes:
+        children: list[Node | Future[Node | None] | _PendingDir] = []
+        for name, sub in sorted(layout.items()):
+            path = prefix + b"/" + name
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                raise UsageError(f"cannot back up {os.fsdecode(path)}: {e.strerror}") from None
+            node = node_from_stat(name, st)
+            if sub is not None:
+                self._drain(ready, 0)
+                node.subtree = self._archive_level(path, sub, pool, ready)  # type: ignore[arg-type]
+                children.append(node)
+            elif stat.S_ISDIR(st.st_mode):
+                children.append(self._walk(path, node, pool, ready))
+            elif stat.S_ISREG(st.st_mode):
+                children.append(pool.submit(self._file, path, node, st))
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    node.target = os.readlink(path)  # type: ignore[assignment]
+                children.append(node)
+        self._drain(ready, 0)
+        holder = _PendingDir(Node(name=b"", type="dir"), children)
+        self._finish_dir(holder)
+        assert holder.tree_id is not None
+        return holder.tree_id
+
+
+def _normalize_paths(paths: Sequence[str]) -> list[bytes]:
+    """Absolute, normalized paths with any path inside another one dropped."""
+    if not paths:
+        raise UsageError("nothing to back up: give at least one path")
+    result: list[bytes] = []
+    for p in sorted({os.path.normpath(os.path.abspath(os.fsencode(p))) for p in paths}):
+        if p == b"/":
+            return [b"/"]
+        if not any(p.startswith(r + b"/") for r in result):
+            result.append(p)
+    return result

@@ -1,0 +1,201 @@
+"""The checker: is every snapshot's data there and intact?
+
+Structure: index files, snapshots and trees decrypt and parse; every blob a snapshot
+needs is in the index; every indexed pack exists. With ``read_data`` it also reads
+packs, checks each against its name (SHA-256), authenticates every blob and compares
+it with its keyed id. Damage is then traced to the snapshots and paths it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from strongroom.backend import ObjectNotFound
+from strongroom.engine.walk import load_tree
+from strongroom.errors import IntegrityError
+from strongroom.repository import Repository
+from strongroom.repository.crypto import storage_id
+from strongroom.repository.index import BlobLocation
+from strongroom.repository.pack import cipher_for, open_blob, pack_name, read_header
+from strongroom.repository.tree import DIR, FILE
+
+
+@dataclass
+class CheckResult:
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    snapshots: int = 0
+    trees: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
+    # snapshot id -> paths whose data is damaged or missing
+    affected: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def select_subset(pack_ids: list[str], subset: str | None) -> list[str]:
+    """Packs to read: all, ``P%`` of them, or bucket ``n/m``, chosen by id, so repeatable."""
+    if subset is None:
+        return pack_ids
+    try:
+        if subset.endswith("%"):
+            fraction = float(subset[:-1]) / 100
+            if not 0 < fraction <= 1:
+                raise ValueError
+            return [p for p in pack_ids if int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
+                    < fraction * 0x1_0000_0000]
+        n, m = (int(x) for x in subset.split("/"))
+        if not 1 <= n <= m:
+            raise ValueError
+        return [p for p in pack_ids if int(p[:8], 16) % m == n - 1]
+    except ValueError:
+        raise ValueError(f"invalid subset {subset!r}: use P% (0-100] or n/m") from None
+
+
+class Checker:
+    def __init__(
+        self, repo: Repository, progress: Callable[[str, int, int], None] | None = None
+    ) -> None:
+        self.repo = repo
+        self.progress = progress or (lambda stage, done, total: None)
+
+    def check(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
+        result = CheckResult()
+        repo = self.repo
+        for key in repo.list_keys():
+            if key.hostname == "(damaged)":
+                result.errors.append(f"key {key.id[:8]}: damaged key file")
+        repo.load_index()
+        result.errors.extend(repo.index_errors)
+        for pack_id in sorted(repo.missing_packs):
+            result.errors.append(f"pack {pack_id[:8]}: named in the index but missing")
+        stored = dict(repo.packs())
+        result.packs = len(stored)
+        indexed = set(repo.index.packs)
+        orphans = [p for p in stored if p not in indexed]
+        if orphans:
+            result.notes.append(
+                f"{len(orphans)} pack(s) not in any index (left by an interrupted backup; "
+                "harmless, reclaimed by prune)"
+            )
+        for pack_id in indexed & set(stored):
+            if storage_id_shape(pack_id) is False:
+                result.errors.append(f"pack {pack_id[:8]}: malformed name")
+
+        bad_blobs: set[bytes] = set()
+        if read_data:
+            to_read = select_subset(sorted(indexed & set(stored)), subset)
+            groups = repo.index.by_pack()
+            for done, pack_id in enumerate(to_read, 1):
+                self._read_pack(pack_id, groups.get(pack_id, []), result, bad_blobs)
+                self.progress("read-data", done, len(to_read))
+
+        snapshots = repo.snapshots(
+            on_error=lambda sid, e: result.errors.append(f"snapshot {sid[:8]}: {e}")
+        )
+        result.snapshots = len(snapshots)
+        checked_trees: dict[bytes, bool] = {}
+        for done, snap in enumerate(snapshots, 1):
+            paths: list[str] = []
+            self._check_tree(snap.tree, b"", bad_blobs, checked_trees, paths, result)
+            if paths:
+                result.affected[snap.id] = paths
+                for path in paths[:20]:
+                    result.errors.append(f"snapshot {snap.id[:8]} ({snap.client}): {path}")
+                if len(paths) > 20:
+                    result.errors.append(
+                        f"snapshot {snap.id[:8]}: ... and {len(paths) - 20} more paths"
+                    )
+            self.progress("snapshots", done, len(snapshots))
+        result.trees = len(checked_trees)
+        return result
+
+    def _read_pack(
+        self,
+        pack_id: str,
+        expected: list[tuple[bytes, BlobLocation]],
+        result: CheckResult,
+        bad: set[bytes],
+    ) -> None:
+        """Read one pack whole; add the 16-byte id prefix of every damaged blob to ``bad``."""
+        repo = self.repo
+        what = f"pack {pack_id[:8]}"
+        expected_keys = {key for key, _ in expected}
+        try:
+            data = repo.backend.load(pack_name(pack_id))
+        except ObjectNotFound:
+            result.errors.append(f"{what}: missing")
+            bad.update(expected_keys)
+            return
+        result.packs_read += 1
+        result.bytes_read += len(data)
+        if storage_id(data) != pack_id:
+            result.errors.append(f"{what}: contents do not match its name (damaged)")
+        try:
+            entries = read_header(repo.master, data, what)
+            cipher = cipher_for(repo.master, data, what)
+        except IntegrityError as e:
+            result.errors.append(f"{e}; all {len(expected_keys)} blobs in it count as damaged")
+            bad.update(expected_keys)
+            return
+        seen: set[bytes] = set()
+        for entry in entries:
+            seen.add(entry.id[:16])
+            blob_what = f"{what} blob {entry.id.hex()[:16]}"
+            try:
+                open_blob(repo.master, cipher, entry,
+                          data[entry.offset : entry.offset + entry.length], blob_what)
+                result.blobs_read += 1
+            except IntegrityError as e:
+                result.errors.append(str(e))
+                bad.add(entry.id[:16])
+        for key in expected_keys - seen:
+            result.errors.append(f"{what}: the index names blob {key.hex()} it does not hold")
+            bad.add(key)
+
+    def _check_tree(
+        self,
+        tree_id: bytes,
+        prefix: bytes,
+        bad: set[bytes],
+        checked: dict[bytes, bool],
+        paths: list[str],
+        result: CheckResult,
+    ) -> None:
+        """Collect into ``paths`` every path under this tree whose data is not intact."""
+        if checked.get(tree_id) is True and tree_id[:16] not in bad:
+            return
+        if tree_id[:16] in bad:
+            paths.append((prefix or b"/").decode("utf-8", "replace") + " (directory listing)")
+            return
+        try:
+            nodes = load_tree(self.repo, tree_id)
+        except IntegrityError as e:
+            paths.append((prefix or b"/").decode("utf-8", "replace") + f" (directory: {e})")
+            return
+        clean = True
+        for node in nodes:
+            path = prefix + b"/" + node.name
+            if node.type == FILE:
+                for item in node.content:
+                    if isinstance(item, bytes) and (item[:16] in bad or not self.repo.has_blob(item)):
+                        paths.append(path.decode("utf-8", "replace"))
+                        clean = False
+                        break
+            elif node.type == DIR and node.subtree is not None:
+                before = len(paths)
+                self._check_tree(node.subtree, path, bad, checked, paths, result)
+                clean = clean and len(paths) == before
+        if clean:
+            checked[tree_id] = True
+
+
+def storage_id_shape(pack_id: str) -> bool:
+    return len(pack_id) == 64 and all(c in "0123456789abcdef" for c in pack_id)

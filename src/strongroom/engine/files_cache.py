@@ -1,0 +1,62 @@
+"""The files cache: unchanged files (same size, mtime, ctime, inode) are not read again."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import msgspec
+
+
+class CachedFile(msgspec.Struct, array_like=True):
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    content: list[bytes | int]
+
+
+_decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
+
+
+class FilesCache:
+    """Path -> what the file looked like and which blobs held it, last time."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._old: dict[bytes, CachedFile] = {}
+        self._new: dict[bytes, CachedFile] = {}
+        self._lock = threading.Lock()
+        if path is not None:
+            try:
+                self._old = _decoder.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError):
+                self._old = {}  # a damaged cache only costs a re-read
+
+    def lookup(self, path: bytes, st: os.stat_result) -> CachedFile | None:
+        entry = self._old.get(path)
+        if entry is None:
+            return None
+        if (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode) != (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        ):
+            return None
+        return entry
+
+    def remember(self, path: bytes, st: os.stat_result, content: list[bytes | int]) -> None:
+        entry = CachedFile(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content)
+        with self._lock:
+            self._new[path] = entry
+
+    def save(self) -> None:
+        """Write the entries seen in this run, atomically."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        tmp.write_bytes(msgspec.msgpack.encode(self._new))
+        os.replace(tmp, self.path)

@@ -1,0 +1,85 @@
+"""Reading file metadata into tree nodes: owners, times, xattrs, kinds of file."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+
+from strongroom.repository import tree
+from strongroom.repository.tree import Node
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def node_type(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return tree.FILE
+    if stat.S_ISDIR(mode):
+        return tree.DIR
+    if stat.S_ISLNK(mode):
+        return tree.SYMLINK
+    if stat.S_ISFIFO(mode):
+        return tree.FIFO
+    if stat.S_ISCHR(mode):
+        return tree.CHARDEV
+    if stat.S_ISBLK(mode):
+        return tree.BLOCKDEV
+    return tree.SOCKET
+
+
+def node_from_stat(name: bytes, st: os.stat_result) -> Node:
+    kind = node_type(st.st_mode)
+    return Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=user_name(st.st_uid),
+        group=group_name(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        atime_ns=st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+        size=st.st_size if kind == tree.FILE else 0,
+        inode=st.st_ino,
+        device=st.st_dev,
+        links=st.st_nlink,
+        rdev=st.st_rdev if kind in (tree.CHARDEV, tree.BLOCKDEV) else 0,
+    )
+
+
+def read_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
+    """Extended attributes of an open file; none where the filesystem has none."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
+            return []
+        raise
+    result = []
+    for attr in sorted(names):
+        try:
+            result.append((os.fsencode(attr), os.getxattr(fd, attr)))
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                continue
+            raise
+    return result

@@ -1,0 +1,434 @@
+"""The restorer: a snapshot in, files under a target directory out.
+
+Safety rules: every name is checked (no ``/``, ``..``, NUL or empty names); every
+directory is opened with O_NOFOLLOW relative to its parent's descriptor, so nothing
+is ever written outside the target through a symlink; files are written under a
+temporary name and renamed into place only once all their data has been verified.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from strongroom.engine.walk import load_tree
+from strongroom.errors import IntegrityError, StorageError, UsageError
+from strongroom.repository import DATA, Node, Repository, Snapshot
+from strongroom.repository.crypto import blob_id
+from strongroom.repository.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    is_safe_name,
+)
+
+TEMP_PREFIX = b".strongroom-tmp-"
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RestoreProgress(Protocol):
+    def file_done(self, path: bytes, size: int) -> None: ...
+    def warning(self, path: bytes, message: str) -> None: ...
+
+
+class _NoProgress:
+    def file_done(self, path: bytes, size: int) -> None:
+        pass
+
+    def warning(self, path: bytes, message: str) -> None:
+        pass
+
+
+@dataclass
+class RestoreRequest:
+    target: str
+    includes: Sequence[str] = ()
+    excludes: Sequence[str] = ()
+    verify: bool = False
+    restore_owner: bool | None = None  # default: when running as root
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    other: int = 0
+    bytes: int = 0
+    verified: int = 0
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # files not restored: damaged data
+
+
+def open_dir_chain(root_fd: int, parts: Sequence[bytes]) -> int:
+    """Open ``root/parts...`` without following any symlink on the way."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Restorer:
+    def __init__(
+        self, repo: Repository, progress: RestoreProgress | None = None, workers: int = 4
+    ) -> None:
+        self.repo = repo
+        self.progress = progress or _NoProgress()
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._result = RestoreResult()
+        self._owner = os.geteuid() == 0
+
+    def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:
+        if request.restore_owner is not None:
+            self._owner = request.restore_owner
+        self._includes = [os.fsencode(p) for p in request.includes]
+        self._excludes = [os.fsencode(p) for p in request.excludes]
+        try:
+            os.makedirs(request.target, exist_ok=True)
+            root_fd = os.open(request.target, DIR_FLAGS)
+            self._root_fd = root_fd
+        except OSError as e:
+            raise UsageError(f"cannot use target {request.target}: {e.strerror}") from None
+        self._hardlinks: dict[tuple[int, int], tuple[bytes, ...]] = {}
+        self._deferred_links: list[tuple[tuple[bytes, ...], Node, tuple[bytes, ...]]] = []
+        self._dirs: list[tuple[tuple[bytes, ...], Node]] = []
+        self._files: list[tuple[tuple[bytes, ...], Node]] = []
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-restore") as pool:
+                futures: list[Future[None]] = []
+                self._pool, self._futures = pool, futures
+                self._restore_tree(root_fd, (), snapshot.tree)
+                for future in futures:
+                    future.result()
+            for parts, node, first in self._deferred_links:
+                self._link(root_fd, parts, node, first)
+            # Directory times last, deepest first, so writing children cannot change them.
+            for parts, node in sorted(self._dirs, key=lambda d: -len(d[0])):
+                self._set_dir_metadata(root_fd, parts, node)
+            if request.verify:
+                self._verify(root_fd)
+        finally:
+            os.close(root_fd)
+        return self._result
+
+    # --- selection ------------------------------------------------------------------
+
+    def _selected(self, path: bytes, is_dir: bool) -> bool | None:
+        """True: restore; False: skip entirely; None: a directory to look inside."""
+        for pattern in self._excludes:
+            name = path.rsplit(b"/", 1)[-1]
+            if fnmatch.fnmatchcase(path if b"/" in pattern else name, pattern):
+                return False
+        if not self._includes:
+            return True
+        for pattern in self._includes:
+            if fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern.rstrip(b"/") + b"/"):
+                return True
+        return None if is_dir else False
+
+    # --- walking --------------------------------------------------------------------
+
+    def _warn(self, parts: Sequence[bytes], message: str) -> None:
+        path = b"/" + b"/".join(parts)
+        with self._lock:
+            self._result.warnings.append(f"{os.fsdecode(path)}: {message}")
+        self.progress.warning(path, message)
+
+    def _error(self, parts: Sequence[bytes], message: str) -> None:
+        with self._lock:
+            self._result.errors.append(f"{os.fsdecode(b'/' + b'/'.join(parts))}: {message}")
+
+    def _restore_tree(self, dir_fd: int, parts: tuple[bytes, ...], tree_id: bytes) -> bool:
+        """Restore one directory's entries; True when anything was restored."""
+        try:
+            nodes = load_tree(self.repo, tree_id)
+        except IntegrityError as e:
+            self._error(parts, f"directory listing lost: {e}")
+            return False
+        seen: set[bytes] = set()
+        restored_any = False
+        for node in nodes:
+            if not is_safe_name(node.name) or node.name.startswith(TEMP_PREFIX):
+                self._warn(parts, f"skipped an entry with an unsafe name {node.name!r}")
+                continue
+            if node.name in seen:
+                self._warn(parts + (node.name,), "skipped a duplicate entry")
+                continue
+            seen.add(node.name)
+            child = parts + (node.name,)
+            choice = self._selected(b"/" + b"/".join(child), node.type == DIR)
+            if choice is False:
+                continue
+            if node.type == DIR:
+                restored_any |= self._restore_dir(dir_fd, child, node, choice is True)
+            elif choice:
+                self._restore_entry(dir_fd, child, node)
+                restored_any = True
+        return restored_any
+
+    def _restore_dir(
+        self, dir_fd: int, parts: tuple[bytes, ...], node: Node, selected: bool
+    ) -> bool:
+        name = parts[-1]
+        created = False
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            created = True
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                self._warn(parts, "exists and is not a directory; not replaced")
+                return False
+        try:
+            child_fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            self._warn(parts, f"cannot open directory: {e.strerror}")
+            return False
+        try:
+            inner = self._restore_tree(child_fd, parts, node.subtree) if node.subtree else False
+        finally:
+            os.close(child_fd)
+        if not (selected or inner):
+            if created:
+                os.rmdir(name, dir_fd=dir_fd)
+            return False
+        with self._lock:
+            self._result.dirs += 1
+        self._dirs.append((parts, node))
+        return True
+
+    def _restore_entry(self, dir_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
+        name = parts[-1]
+        if node.type == FILE:
+            if node.links > 1:
+                key = (node.device, node.inode)
+                first = self._hardlinks.get(key)
+                if first is not None:
+                    self._deferred_links.append((parts, node, first))
+                    return
+                self._hardlinks[key] = parts
+            self._futures.append(self._pool.submit(self._restore_file, parts, node))
+            return
+        try:
+            self._remove_existing(dir_fd, name)
+            if node.type == SYMLINK:
+                os.symlink(node.target or b"", name, dir_fd=dir_fd)
+            elif node.type == FIFO:
+                os.mkfifo(name, 0o600, dir_fd=dir_fd)
+            elif node.type in (CHARDEV, BLOCKDEV, SOCKET):
+                kind = {CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
+                os.mknod(name, 0o600 | kind[node.type], node.rdev, dir_fd=dir_fd)
+        except OSError as e:
+            self._warn(parts, f"cannot create {node.type}: {e.strerror}")
+            return
+        self._set_metadata(dir_fd, name, None, node)
+        with self._lock:
+            self._result.other += 1
+
+    def _remove_existing(self, dir_fd: int, name: bytes) -> None:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "a directory is in the way")
+        os.unlink(name, dir_fd=dir_fd)
+
+    # --- files ----------------------------------------------------------------------
+
+    def _restore_file(self, parts: tuple[bytes, ...], node: Node) -> None:
+        name = parts[-1]
+        try:
+            dir_fd = open_dir_chain(self._root_fd, parts[:-1])
+        except OSError as e:
+            self._warn(parts, f"cannot open parent directory: {e.strerror}")
+            return
+        tmp = TEMP_PREFIX + secrets.token_hex(6).encode()
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600, dir_fd=dir_fd,
+            )
+            try:
+                written = self._write_content(fd, node)
+                self._set_metadata(dir_fd, tmp, fd, node)
+            finally:
+                os.close(fd)
+            st = _lstat_or_none(dir_fd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.EISDIR, "a directory is in the way")
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except (IntegrityError, StorageError) as e:
+            _unlink_quietly(dir_fd, tmp)
+            self._error(parts, f"not restored: {e}")
+            return
+        except OSError as e:
+            _unlink_quietly(dir_fd, tmp)
+            self._warn(parts, f"cannot write: {e.strerror}")
+            return
+        finally:
+            os.close(dir_fd)
+        with self._lock:
+            self._result.files += 1
+            self._result.bytes += written
+            self._files.append((parts, node))
+        self.progress.file_done(b"/" + b"/".join(parts), written)
+
+    def _write_content(self, fd: int, node: Node) -> int:
+        pos = 0
+        written = 0
+        for item in node.content:
+            if isinstance(item, int):
+                pos += item  # a hole: seek over it, so it stays a hole
+                continue
+            data = self.repo.load_blob(item, DATA)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view = view[n:]
+                pos += n
+            written += len(data)
+        os.ftruncate(fd, pos)
+        return written
+
+    def _link(
+        self, root_fd: int, parts: tuple[bytes, ...], node: Node, first: tuple[bytes, ...]
+    ) -> None:
+        try:
+            src_fd = open_dir_chain(root_fd, first[:-1])
+            try:
+                dst_fd = open_dir_chain(root_fd, parts[:-1])
+                try:
+                    self._remove_existing(dst_fd, parts[-1])
+                    os.link(
+                        first[-1], parts[-1], src_dir_fd=src_fd, dst_dir_fd=dst_fd,
+                        follow_symlinks=False,
+                    )
+                finally:
+                    os.close(dst_fd)
+            finally:
+                os.close(src_fd)
+        except FileNotFoundError:
+            # The first link was not restored (damaged data): try this name on its own.
+            self._hardlinks.pop((node.device, node.inode), None)
+            self._restore_file(parts, node)
+            return
+        except OSError as e:
+            self._warn(parts, f"cannot create hard link: {e.strerror}")
+            return
+        with self._lock:
+            self._result.files += 1
+
+    # --- metadata -------------------------------------------------------------------
+
+    def _set_metadata(self, dir_fd: int, name: bytes, fd: int | None, node: Node) -> None:
+        is_link = node.type == SYMLINK
+        try:
+            if self._owner:
+                if fd is not None:
+                    os.fchown(fd, node.uid, node.gid)
+                else:
+                    os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            for key, value in node.xattrs:
+                if fd is not None:
+                    os.setxattr(fd, key, value)
+            if not is_link:
+                if fd is not None:
+                    os.fchmod(fd, node.mode)
+                else:
+                    os.chmod(name, node.mode, dir_fd=dir_fd)
+            times = (node.atime_ns, node.mtime_ns)
+            if fd is not None:
+                os.utime(fd, ns=times)
+            else:
+                os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            self._warn((name,), f"cannot restore metadata: {e.strerror}")
+
+    def _set_dir_metadata(self, root_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
+        try:
+            fd = open_dir_chain(root_fd, parts)
+        except OSError as e:
+            self._warn(parts, f"cannot set metadata: {e.strerror}")
+            return
+        try:
+            if self._owner:
+                os.fchown(fd, node.uid, node.gid)
+            for key, value in node.xattrs:
+                os.setxattr(fd, key, value)
+            os.fchmod(fd, node.mode)
+            os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+        except OSError as e:
+            self._warn(parts, f"cannot restore metadata: {e.strerror}")
+        finally:
+            os.close(fd)
+
+    # --- verification ---------------------------------------------------------------
+
+    def _verify(self, root_fd: int) -> None:
+        for parts, node in self._files:
+            try:
+                dir_fd = open_dir_chain(root_fd, parts[:-1])
+                try:
+                    fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as e:
+                self._error(parts, f"verify: cannot open: {e.strerror}")
+                continue
+            try:
+                if not self._content_matches(fd, node):
+                    self._error(parts, "verify: restored content differs from the snapshot")
+                    continue
+            finally:
+                os.close(fd)
+            self._result.verified += 1
+
+    def _content_matches(self, fd: int, node: Node) -> bool:
+        pos = 0
+        for item in node.content:
+            if isinstance(item, int):
+                if os.pread(fd, item, pos).count(0) != item:
+                    return False
+                pos += item
+                continue
+            loc = self.repo.lookup(item)
+            if loc is None:
+                return False
+            data = os.pread(fd, loc.raw_length, pos)
+            if blob_id(self.repo.master.id_key, data) != item:
+                return False
+            pos += len(data)
+        return os.fstat(fd).st_size == pos
+
+
+def _lstat_or_none(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _unlink_quietly(dir_fd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass

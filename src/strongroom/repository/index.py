@@ -1,0 +1,188 @@
+"""The chunk index: which pack holds each blob, in about 40 bytes per chunk.
+
+In memory, ``ChunkIndex`` is an open-addressing hash table (linear probing) in one
+``bytearray``: 32-byte slots holding the first 16 bytes of the blob id, the pack's
+number, offset, length, and raw length with type and flags in its top byte. Ids are
+keyed hashes, so their bytes are uniform and serve as the hash directly. A 128-bit
+prefix makes a false match between two different chunks about as likely as 1 in 10^20
+at 10^9 chunks; ``load_blob`` still verifies the full id of everything it reads.
+
+On storage, index files are sealed msgpack documents listing packs and their entries.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from strongroom.errors import IntegrityError
+from strongroom.repository.pack import PackEntry
+
+SLOT = struct.Struct("<16sIIII")
+EMPTY = bytes(16)
+MAX_LOAD = 0.85
+GROWTH = 1.5
+RAW_MASK = (1 << 24) - 1
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    pack_id: str
+    type: int
+    offset: int
+    length: int
+    raw_length: int
+    flags: int
+
+    def entry(self, bid: bytes) -> PackEntry:
+        return PackEntry(self.type, bid, self.offset, self.length, self.raw_length, self.flags)
+
+
+class ChunkIndex:
+    """Blob id -> location, compact and O(1); safe for one writer and many readers."""
+
+    def __init__(self, expected: int = 1024) -> None:
+        self._nslots = max(16, int(expected / MAX_LOAD) + 1)
+        self._buf = bytearray(self._nslots * SLOT.size)
+        self._count = 0
+        self.packs: list[str] = []
+        self._pack_numbers: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self._buf) + sum(49 + 8 for _ in self.packs)
+
+    def _probe(self, key: bytes) -> tuple[int, bool]:
+        buf, n, size = self._buf, self._nslots, SLOT.size
+        slot = int.from_bytes(key[:8], "little") % n
+        while True:
+            pos = slot * size
+            stored = buf[pos : pos + 16]
+            if stored == key:
+                return slot, True
+            if stored == EMPTY:
+                return slot, False
+            slot += 1
+            if slot == n:
+                slot = 0
+
+    def pack_number(self, pack_id: str) -> int:
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = len(self.packs)
+            self.packs.append(pack_id)
+            self._pack_numbers[pack_id] = number
+        return number
+
+    def add(self, pack_id: str, entry: PackEntry, *, replace: bool = False) -> None:
+        """Record where a blob is; an existing entry is kept unless ``replace``."""
+        key = entry.id[:16]
+        if key == EMPTY:
+            return  # 2^-128: never; an all-zero key would read as an empty slot
+        if (self._count + 1) > self._nslots * MAX_LOAD:
+            self._grow()
+        slot, found = self._probe(key)
+        if found and not replace:
+            return  # first copy wins; duplicates (after a crash) are harmless
+        if entry.raw_length > RAW_MASK or entry.type > 15 or entry.flags > 15:
+            raise IntegrityError("index entry out of range")
+        packed_meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
+        SLOT.pack_into(
+            self._buf,
+            slot * SLOT.size,
+            key,
+            self.pack_number(pack_id),
+            entry.offset,
+            entry.length,
+            packed_meta,
+        )
+        if not found:
+            self._count += 1
+
+    def get(self, bid: bytes) -> BlobLocation | None:
+        slot, found = self._probe(bid[:16])
+        if not found:
+            return None
+        _, pack_no, offset, length, meta = SLOT.unpack_from(self._buf, slot * SLOT.size)
+        return BlobLocation(
+            self.packs[pack_no], (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28
+        )
+
+    def __contains__(self, bid: bytes) -> bool:
+        return self._probe(bid[:16])[1]
+
+    def _grow(self) -> None:
+        old, old_n = self._buf, self._nslots
+        self._nslots = int(old_n * GROWTH) + 1
+        self._buf = bytearray(self._nslots * SLOT.size)
+        for slot in range(old_n):
+            pos = slot * SLOT.size
+            key = bytes(old[pos : pos + 16])
+            if key != EMPTY:
+                new_slot, _ = self._probe(key)
+                self._buf[new_slot * SLOT.size : (new_slot + 1) * SLOT.size] = old[
+                    pos : pos + SLOT.size
+                ]
+
+    def by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
+        """Every entry grouped by pack, keyed by the stored 16-byte id prefix."""
+        groups: dict[str, list[tuple[bytes, BlobLocation]]] = {p: [] for p in self.packs}
+        for slot in range(self._nslots):
+            pos = slot * SLOT.size
+            key, pack_no, offset, length, meta = SLOT.unpack_from(self._buf, pos)
+            if key != EMPTY:
+                pack_id = self.packs[pack_no]
+                groups[pack_id].append(
+                    (key, BlobLocation(pack_id, (meta >> 24) & 15, offset, length,
+                                       meta & RAW_MASK, meta >> 28))
+                )
+        return groups
+
+
+class IndexPack(msgspec.Struct, array_like=True):
+    id: str
+    blobs: list[tuple[int, bytes, int, int, int, int]]
+
+
+class IndexFile(msgspec.Struct):
+    version: int
+    packs: list[IndexPack]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(IndexFile)
+
+
+def encode_index(packs: dict[str, list[PackEntry]]) -> bytes:
+    doc = IndexFile(
+        version=1,
+        packs=[
+            IndexPack(
+                pid, [(e.type, e.id, e.offset, e.length, e.raw_length, e.flags) for e in entries]
+            )
+            for pid, entries in packs.items()
+        ],
+    )
+    return _encoder.encode(doc)
+
+
+def decode_index(data: bytes, what: str) -> Iterator[tuple[str, PackEntry]]:
+    try:
+        doc = _decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise IntegrityError(f"{what}: malformed index ({e})") from None
+    if doc.version != 1:
+        raise IntegrityError(f"{what}: unknown index version {doc.version}")
+    for pack in doc.packs:
+        if len(pack.id) != 64:
+            raise IntegrityError(f"{what}: malformed pack id")
+        for fields in pack.blobs:
+            if len(fields[1]) != 32:
+                raise IntegrityError(f"{what}: malformed blob id")
+            yield pack.id, PackEntry(*fields)

@@ -1,0 +1,144 @@
+"""Pack files: many encrypted blobs in one object, with an encrypted header at the end.
+
+Layout (format version 1):
+
+    "SRP1" | salt (32) | blob ciphertext ... | header ciphertext | header length (u32 LE)
+
+Each blob ciphertext is ``nonce(12) | AES-GCM(data) | tag(16)`` with associated data
+``type byte | blob id``. The header lists, for each blob, ``type(1) id(32) offset(4)
+length(4) raw_length(4) flags(1)``, and is sealed the same way with associated data
+``b"packheader"``. The pack's storage name is the SHA-256 of all its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from strongroom.errors import IntegrityError
+from strongroom.repository import compression
+from strongroom.repository.crypto import (
+    BLOB_OVERHEAD,
+    SALT_SIZE,
+    MasterKey,
+    PackCipher,
+    blob_id,
+    storage_id,
+)
+
+PACK_MAGIC = b"SRP1"
+DATA_OFFSET = len(PACK_MAGIC) + SALT_SIZE
+ENTRY = struct.Struct("<B32sIIIB")
+TRAILER = struct.Struct("<I")
+HEADER_AAD = b"packheader"
+MAX_HEADER = 64 * 1024 * 1024
+
+DATA = 0
+TREE = 1
+BLOB_TYPES = {DATA: "data", TREE: "tree"}
+FLAG_COMPRESSED = 1
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    type: int
+    id: bytes
+    offset: int
+    length: int
+    raw_length: int
+    flags: int
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & FLAG_COMPRESSED)
+
+
+def blob_aad(blob_type: int, bid: bytes) -> bytes:
+    return bytes([blob_type]) + bid
+
+
+def pack_name(pack_id: str) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+class PackWriter:
+    """Accumulates encrypted blobs in memory until the pack is full."""
+
+    def __init__(self, key: MasterKey, compression_level: int) -> None:
+        self._key = key
+        self._level = compression_level
+        self._cipher = PackCipher(key)
+        self._buf = bytearray(PACK_MAGIC + self._cipher.salt)
+        self.entries: list[PackEntry] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def add(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> PackEntry:
+        """Compress (when it pays), verify, encrypt and append one blob."""
+        packed = compression.compress(data, self._level) if len(data) > 64 else None
+        flags = 0
+        if packed is not None:
+            # Verify before publishing: a compressor bug must not corrupt a backup.
+            if compression.decompress(packed, len(data), "blob") != data:
+                raise IntegrityError("compression round trip failed; refusing to store")
+            flags = FLAG_COMPRESSED
+        ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), packed or data)
+        entry = PackEntry(blob_type, bid, len(self._buf), len(ciphertext), len(data), flags)
+        self._buf += ciphertext
+        self.entries.append(entry)
+        return entry
+
+    def finish(self) -> tuple[str, bytes]:
+        """Seal the header; return (pack id, the pack's bytes)."""
+        header = b"".join(
+            ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length, e.flags)
+            for e in self.entries
+        )
+        sealed = self._cipher.encrypt(HEADER_AAD, header)
+        self._buf += sealed
+        self._buf += TRAILER.pack(len(sealed))
+        data = bytes(self._buf)
+        return storage_id(data), data
+
+
+def cipher_for(key: MasterKey, pack_start: bytes, what: str) -> PackCipher:
+    if len(pack_start) < DATA_OFFSET or pack_start[: len(PACK_MAGIC)] != PACK_MAGIC:
+        raise IntegrityError(f"{what}: not a pack (damaged or truncated)")
+    return PackCipher(key, salt=bytes(pack_start[len(PACK_MAGIC) : DATA_OFFSET]))
+
+
+def read_header(key: MasterKey, data: bytes, what: str) -> list[PackEntry]:
+    """Parse and authenticate a whole pack's header; IntegrityError on any damage."""
+    if len(data) < DATA_OFFSET + TRAILER.size + BLOB_OVERHEAD:
+        raise IntegrityError(f"{what}: truncated ({len(data)} bytes)")
+    (hlen,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    start = len(data) - TRAILER.size - hlen
+    if hlen > MAX_HEADER or start < DATA_OFFSET:
+        raise IntegrityError(f"{what}: header length {hlen} is impossible")
+    cipher = cipher_for(key, data, what)
+    header = cipher.decrypt(HEADER_AAD, data[start : start + hlen], f"{what} header")
+    if len(header) % ENTRY.size:
+        raise IntegrityError(f"{what}: header has a partial entry")
+    entries = []
+    for fields in ENTRY.iter_unpack(header):
+        entry = PackEntry(*fields)
+        if entry.offset < DATA_OFFSET or entry.offset + entry.length > start:
+            raise IntegrityError(f"{what}: entry points outside the pack")
+        entries.append(entry)
+    return entries
+
+
+def open_blob(
+    key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes, what: str
+) -> bytes:
+    """Decrypt, decompress and verify one blob against its keyed id."""
+    plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
+    if entry.compressed:
+        plain = compression.decompress(plain, entry.raw_length, what)
+    elif len(plain) != entry.raw_length:
+        raise IntegrityError(f"{what}: length {len(plain)} does not match the index")
+    if blob_id(key.id_key, plain) != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
+    return plain

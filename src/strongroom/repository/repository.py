@@ -1,0 +1,363 @@
+"""A repository: keys, config, packs, index and snapshots over one backend.
+
+Write order is packs, then the index files that describe them, then the snapshot that
+references them, so at every moment each snapshot references only data that exists.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from strongroom.backend import Backend, ObjectNotFound
+from strongroom.errors import (
+    IntegrityError,
+    RepositoryExists,
+    RepositoryNotFound,
+    UsageError,
+    WrongPasswordError,
+)
+from strongroom.repository import crypto
+from strongroom.repository.chunker import Chunker, ChunkerParams
+from strongroom.repository.crypto import MasterKey, PackCipher
+from strongroom.repository.index import BlobLocation, ChunkIndex, decode_index, encode_index
+from strongroom.repository.keys import KdfParams, KeyFile, make_key_file, open_key_file
+from strongroom.repository.pack import (
+    DATA_OFFSET,
+    PackEntry,
+    PackWriter,
+    cipher_for,
+    open_blob,
+    pack_name,
+)
+from strongroom.repository.snapshot import Snapshot, decode_snapshot, encode_snapshot
+
+FORMAT_VERSION = 1
+CONFIG_MAGIC = b"SRCONFIG1\n"
+PACK_TARGET_SIZE = 16 * 1024 * 1024
+# An index entry costs at least this many bytes on storage: used to size the table.
+MIN_INDEX_ENTRY_BYTES = 40
+
+
+class RepoConfig(msgspec.Struct):
+    version: int
+    id: str
+    chunker_min: int
+    chunker_avg: int
+    chunker_max: int
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    created: str
+    hostname: str
+    username: str
+    current: bool
+
+
+def key_name(key_id: str) -> str:
+    return f"keys/{key_id}"
+
+
+class Repository:
+    """An open, unlocked repository."""
+
+    def __init__(
+        self, backend: Backend, master: MasterKey, config: RepoConfig, key_id: str
+    ) -> None:
+        self.backend = backend
+        self.master = master
+        self.config = config
+        self.key_id = key_id
+        self.index = ChunkIndex()
+        self.index_errors: list[str] = []
+        self.index_files: list[str] = []
+        # Packs that index files name but storage lacks: their blobs count as absent.
+        self.missing_packs: set[str] = set()
+        self._index_lock = threading.Lock()
+        self._pending: dict[str, list[PackEntry]] = {}
+        self._ciphers: OrderedDict[str, PackCipher] = OrderedDict()
+        self._cipher_lock = threading.Lock()
+        self.pack_target_size = PACK_TARGET_SIZE
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def chunker_params(self) -> ChunkerParams:
+        c = self.config
+        return ChunkerParams(c.chunker_min, c.chunker_avg, c.chunker_max)
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.chunker_params, self.master.chunker_seed)
+
+    # --- creating and opening -------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: bytes,
+        *,
+        kdf: KdfParams,
+        created: str,
+        hostname: str,
+        username: str,
+        chunker: ChunkerParams | None = None,
+    ) -> Repository:
+        if backend.exists() and any(True for _ in backend.list("")):
+            raise RepositoryExists(f"{backend.location}: a repository (or other data) is there")
+        backend.create()
+        master = MasterKey.generate()
+        params = chunker or ChunkerParams()
+        config = RepoConfig(
+            FORMAT_VERSION,
+            os.urandom(16).hex(),
+            params.min_size,
+            params.avg_size,
+            params.max_size,
+        )
+        key_file = make_key_file(master, password, kdf, created, hostname, username)
+        raw_key = key_file.to_json()
+        key_id = crypto.storage_id(raw_key)
+        backend.save(key_name(key_id), raw_key)
+        sealed = crypto.seal(master, b"config", msgspec.msgpack.encode(config))
+        backend.save("config", CONFIG_MAGIC + sealed)
+        return cls(backend, master, config, key_id)
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> Repository:
+        try:
+            raw_config = backend.load("config")
+        except ObjectNotFound:
+            raise RepositoryNotFound(
+                f"{backend.location}: no strongroom repository there"
+            ) from None
+        damaged: list[str] = []
+        for info in backend.list("keys/"):
+            key_id = info.name.rsplit("/", 1)[-1]
+            try:
+                raw = backend.load(info.name)
+                key_file = KeyFile.from_json(raw, f"key {key_id[:8]}")
+                master = open_key_file(key_file, password)
+            except IntegrityError as e:
+                damaged.append(str(e))
+                continue
+            if master is not None:
+                config = cls._read_config(master, raw_config)
+                return cls(backend, master, config, key_id)
+        if damaged:
+            raise WrongPasswordError(
+                "no key file opens with this password (damaged key files: "
+                + "; ".join(damaged)
+                + ")"
+            )
+        raise WrongPasswordError("wrong password: no key file of this repository opens with it")
+
+    @staticmethod
+    def _read_config(master: MasterKey, raw: bytes) -> RepoConfig:
+        if not raw.startswith(CONFIG_MAGIC):
+            raise IntegrityError("config: not a strongroom repository config (damaged?)")
+        plain = crypto.unseal(master, b"config", raw[len(CONFIG_MAGIC) :], "config")
+        try:
+            config = msgspec.msgpack.decode(plain, type=RepoConfig)
+        except msgspec.DecodeError as e:
+            raise IntegrityError(f"config: malformed ({e})") from None
+        if config.version != FORMAT_VERSION:
+            raise IntegrityError(f"config: repository format {config.version} is not supported")
+        return config
+
+    # --- keys -----------------------------------------------------------------------
+
+    def add_key(
+        self, password: bytes, *, kdf: KdfParams, created: str, hostname: str, username: str
+    ) -> str:
+        key_file = make_key_file(self.master, password, kdf, created, hostname, username)
+        raw = key_file.to_json()
+        key_id = crypto.storage_id(raw)
+        self.backend.save(key_name(key_id), raw)
+        return key_id
+
+    def list_keys(self) -> list[KeyInfo]:
+        keys = []
+        for info in self.backend.list("keys/"):
+            key_id = info.name.rsplit("/", 1)[-1]
+            try:
+                kf = KeyFile.from_json(self.backend.load(info.name), f"key {key_id[:8]}")
+            except IntegrityError:
+                keys.append(KeyInfo(key_id, "?", "(damaged)", "?", key_id == self.key_id))
+                continue
+            keys.append(
+                KeyInfo(key_id, kf.created, kf.hostname, kf.username, key_id == self.key_id)
+            )
+        return keys
+
+    def resolve_key(self, prefix: str) -> str:
+        matches = [k.id for k in self.list_keys() if k.id.startswith(prefix)]
+        if len(matches) != 1:
+            raise UsageError(f"key {prefix!r} matches {len(matches)} keys; give more digits")
+        return matches[0]
+
+    def remove_key(self, key_id: str) -> None:
+        if key_id == self.key_id:
+            raise UsageError(
+                "refusing to remove the key this command opened the repository with",
+                hint="open with another key's password to remove this one",
+            )
+        if len(self.list_keys()) <= 1:
+            raise UsageError("refusing to remove the last key: the repository would be lost")
+        self.backend.remove(key_name(key_id))
+
+    # --- index ----------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """Read every index file; damaged ones are recorded in ``index_errors``."""
+        packs = {name for name, _ in self.packs()}
+        infos = list(self.backend.list("index/"))
+        expected = sum(i.size for i in infos) // MIN_INDEX_ENTRY_BYTES + 1024
+        index = ChunkIndex(expected)
+        errors: list[str] = []
+        names: list[str] = []
+        missing: set[str] = set()
+        for info in infos:
+            short = info.name.rsplit("/", 1)[-1]
+            what = f"index {short[:8]}"
+            try:
+                raw = self.backend.load(info.name)
+                if crypto.storage_id(raw) != short:
+                    raise IntegrityError(f"{what}: contents do not match its name")
+                plain = crypto.unseal(self.master, b"index", raw, what)
+                for pack_id, entry in decode_index(plain, what):
+                    if pack_id in packs:
+                        index.add(pack_id, entry)
+                    else:
+                        missing.add(pack_id)
+                names.append(info.name)
+            except (IntegrityError, ObjectNotFound) as e:
+                errors.append(str(e))
+        with self._index_lock:
+            self.index = index
+            self.index_errors = errors
+            self.index_files = names
+            self.missing_packs = missing
+
+    def lookup(self, bid: bytes) -> BlobLocation | None:
+        with self._index_lock:
+            return self.index.get(bid)
+
+    def has_blob(self, bid: bytes) -> bool:
+        with self._index_lock:
+            return bid in self.index
+
+    def new_pack_writer(self) -> PackWriter:
+        return PackWriter(self.master, self.config.compression_level)
+
+    def upload_pack(self, writer: PackWriter) -> tuple[str, int]:
+        """Store a full pack, then make its blobs known. Returns (pack id, stored bytes)."""
+        pack_id, data = writer.finish()
+        self.backend.save(pack_name(pack_id), data)
+        with self._index_lock:
+            for entry in writer.entries:
+                self.index.add(pack_id, entry, replace=True)
+            self._pending[pack_id] = list(writer.entries)
+        return pack_id, len(data)
+
+    def pending_packs(self) -> int:
+        with self._index_lock:
+            return len(self._pending)
+
+    def flush_index(self) -> str | None:
+        """Write an index file for packs stored since the last flush (a checkpoint)."""
+        with self._index_lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return None
+        return self.write_index(pending)
+
+    def write_index(self, packs: dict[str, list[PackEntry]]) -> str:
+        raw = crypto.seal(self.master, b"index", encode_index(packs))
+        name = f"index/{crypto.storage_id(raw)}"
+        self.backend.save(name, raw)
+        return name
+
+    # --- blobs ----------------------------------------------------------------------
+
+    def pack_cipher(self, pack_id: str) -> PackCipher:
+        with self._cipher_lock:
+            cipher = self._ciphers.get(pack_id)
+            if cipher is not None:
+                self._ciphers.move_to_end(pack_id)
+                return cipher
+        start = self.backend.load(pack_name(pack_id), 0, DATA_OFFSET)
+        cipher = cipher_for(self.master, start, f"pack {pack_id[:8]}")
+        with self._cipher_lock:
+            self._ciphers[pack_id] = cipher
+            if len(self._ciphers) > 256:
+                self._ciphers.popitem(last=False)
+        return cipher
+
+    def load_blob(self, bid: bytes, expected_type: int | None = None) -> bytes:
+        """A blob's plaintext, authenticated and checked against its id."""
+        what = f"blob {bid.hex()[:16]}"
+        loc = self.lookup(bid)
+        if loc is None:
+            raise IntegrityError(f"{what}: not in the index (missing data)")
+        if expected_type is not None and loc.type != expected_type:
+            raise IntegrityError(f"{what}: stored as the wrong type")
+        try:
+            cipher = self.pack_cipher(loc.pack_id)
+            ciphertext = self.backend.load(pack_name(loc.pack_id), loc.offset, loc.length)
+        except ObjectNotFound as e:
+            raise IntegrityError(f"{what}: pack {loc.pack_id[:8]} is missing ({e})") from None
+        return open_blob(self.master, cipher, loc.entry(bid), ciphertext, what)
+
+    # --- snapshots ------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> str:
+        raw = crypto.seal(self.master, b"snapshot", encode_snapshot(snapshot))
+        snapshot_id = crypto.storage_id(raw)
+        self.backend.save(f"snapshots/{snapshot_id}", raw)
+        return snapshot_id
+
+    def snapshot_ids(self) -> list[str]:
+        return [i.name.rsplit("/", 1)[-1] for i in self.backend.list("snapshots/")]
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        what = f"snapshot {snapshot_id[:8]}"
+        try:
+            raw = self.backend.load(f"snapshots/{snapshot_id}")
+        except ObjectNotFound:
+            raise UsageError(f"{what}: no such snapshot") from None
+        if crypto.storage_id(raw) != snapshot_id:
+            raise IntegrityError(f"{what}: contents do not match its name")
+        return decode_snapshot(crypto.unseal(self.master, b"snapshot", raw, what), snapshot_id)
+
+    def snapshots(self, on_error: Callable[[str, IntegrityError], None] | None = None) -> list[
+        Snapshot
+    ]:
+        """All readable snapshots, oldest first; damaged ones go to ``on_error`` or raise."""
+        result = []
+        for sid in self.snapshot_ids():
+            try:
+                result.append(self.load_snapshot(sid))
+            except IntegrityError as e:
+                if on_error is None:
+                    raise
+                on_error(sid, e)
+        result.sort(key=lambda s: (s.time_ns, s.id))
+        return result
+
+    def remove_snapshot(self, snapshot_id: str) -> None:
+        self.backend.remove(f"snapshots/{snapshot_id}")
+
+    def packs(self) -> Iterator[tuple[str, int]]:
+        for info in self.backend.list("data/"):
+            yield info.name.rsplit("/", 1)[-1], info.size
