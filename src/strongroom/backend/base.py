@@ -29,7 +29,7 @@ class TransientError(BackendError):
     """Retrying may help (timeouts, 5xx, connection resets)."""
 
 
-class NoSpace(StorageFull):
+class NoSpace(BackendError, StorageFull):
     """The storage is full; nothing was left under a final name."""
 
 

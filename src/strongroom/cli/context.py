@@ -94,8 +94,7 @@ class App:
             return first.encode()
         raise WrongPasswordError(
             "no password given",
-            hint="set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or "
-            "STRONGROOM_PASSWORD_COMMAND",
+            hint="set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or STRONGROOM_PASSWORD_COMMAND",
         )
 
     def kdf(self) -> KdfParams:
@@ -188,9 +187,7 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
         "job": snap.job,
         "tags": snap.tags,
         "program_version": snap.program_version,
-        "summary": {
-            k: getattr(snap.summary, k) for k in snap.summary.__struct_fields__
-        },
+        "summary": {k: getattr(snap.summary, k) for k in snap.summary.__struct_fields__},
     }
 
 

@@ -149,8 +149,12 @@ def run(argv: list[str]) -> int:
     except Exception as e:  # a bug: say so plainly, without hiding it
         if verbose:
             raise
-        _report(f"internal error: {type(e).__name__}: {e}",
-                "rerun with -v for a traceback and report it", EXIT_FATAL, json_mode)
+        _report(
+            f"internal error: {type(e).__name__}: {e}",
+            "rerun with -v for a traceback and report it",
+            EXIT_FATAL,
+            json_mode,
+        )
         return EXIT_FATAL
 
 
@@ -158,8 +162,9 @@ def _report(message: str, hint: str, code: int, json_mode: bool) -> None:
     if json_mode:
         import json
 
-        click.echo(json.dumps({"type": "error", "message": message, "hint": hint,
-                               "exit_code": code}))
+        click.echo(
+            json.dumps({"type": "error", "message": message, "hint": hint, "exit_code": code})
+        )
     click.echo(f"strongroom: error: {message}", err=True)
     if hint:
         click.echo(f"  hint: {hint}", err=True)

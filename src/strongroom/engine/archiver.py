@@ -259,10 +259,8 @@ class Archiver:
                 if size > pos:
                     content.append(size - pos)
                 return content, read
-        return content, self._add_chunks(
-            chunker.split_stream(os.fdopen(os.dup(fd), "rb", buffering=0)),  # noqa: SIM115
-            content,
-        )
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
+            return content, self._add_chunks(chunker.split_stream(stream), content)
 
     def _stream(self, fd: int, offset: int) -> BinaryIO:
         f = os.fdopen(os.dup(fd), "rb", buffering=0)
@@ -366,7 +364,7 @@ class Archiver:
                 else:
                     if stat.S_ISLNK(st.st_mode):
                         try:
-                            child.target = os.readlink(name, dir_fd=fd)  # type: ignore[assignment]
+                            child.target = os.readlink(name, dir_fd=fd)
                         except OSError as e:
                             self._warn(child_path, f"cannot read link: {e.strerror}")
                             continue
@@ -458,10 +456,10 @@ class Archiver:
         """Build the snapshot's root tree: each path's ancestors become directories."""
         # A nested dict of path components; a None value marks a backed-up path.
         if roots == [b"/"]:
-            top = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), pool, ready)
+            whole = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), pool, ready)
             self._drain(ready, 0)
-            assert top.tree_id is not None
-            return top.tree_id
+            assert whole.tree_id is not None
+            return whole.tree_id
         layout: dict[bytes, object] = {}
         for root in roots:
             parts = [p for p in root.split(b"/") if p]
@@ -498,7 +496,7 @@ class Archiver:
                 children.append(pool.submit(self._file, path, node, st))
             else:
                 if stat.S_ISLNK(st.st_mode):
-                    node.target = os.readlink(path)  # type: ignore[assignment]
+                    node.target = os.readlink(path)
                 children.append(node)
         self._drain(ready, 0)
         holder = _PendingDir(Node(name=b"", type="dir"), children)

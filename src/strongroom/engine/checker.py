@@ -49,8 +49,11 @@ def select_subset(pack_ids: list[str], subset: str | None) -> list[str]:
             fraction = float(subset[:-1]) / 100
             if not 0 < fraction <= 1:
                 raise ValueError
-            return [p for p in pack_ids if int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
-                    < fraction * 0x1_0000_0000]
+            return [
+                p
+                for p in pack_ids
+                if int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) < fraction * 0x1_0000_0000
+            ]
         n, m = (int(x) for x in subset.split("/"))
         if not 1 <= n <= m:
             raise ValueError
@@ -150,8 +153,13 @@ class Checker:
             seen.add(entry.id[:16])
             blob_what = f"{what} blob {entry.id.hex()[:16]}"
             try:
-                open_blob(repo.master, cipher, entry,
-                          data[entry.offset : entry.offset + entry.length], blob_what)
+                open_blob(
+                    repo.master,
+                    cipher,
+                    entry,
+                    data[entry.offset : entry.offset + entry.length],
+                    blob_what,
+                )
                 result.blobs_read += 1
             except IntegrityError as e:
                 result.errors.append(str(e))
@@ -159,6 +167,9 @@ class Checker:
         for key in expected_keys - seen:
             result.errors.append(f"{what}: the index names blob {key.hex()} it does not hold")
             bad.add(key)
+
+    def _intact(self, bid: bytes, bad: set[bytes]) -> bool:
+        return bid[:16] not in bad and self.repo.has_blob(bid)
 
     def _check_tree(
         self,
@@ -185,7 +196,9 @@ class Checker:
             path = prefix + b"/" + node.name
             if node.type == FILE:
                 for item in node.content:
-                    if isinstance(item, bytes) and (item[:16] in bad or not self.repo.has_blob(item)):
+                    if isinstance(item, bytes) and (
+                        item[:16] in bad or not self.repo.has_blob(item)
+                    ):
                         paths.append(path.decode("utf-8", "replace"))
                         clean = False
                         break

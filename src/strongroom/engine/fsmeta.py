@@ -56,7 +56,6 @@ def node_from_stat(name: bytes, st: os.stat_result) -> Node:
         user=user_name(st.st_uid),
         group=group_name(st.st_gid),
         mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
         ctime_ns=st.st_ctime_ns,
         size=st.st_size if kind == tree.FILE else 0,
         inode=st.st_ino,

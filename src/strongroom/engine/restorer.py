@@ -170,10 +170,10 @@ class Restorer:
                 self._warn(parts, f"skipped an entry with an unsafe name {node.name!r}")
                 continue
             if node.name in seen:
-                self._warn(parts + (node.name,), "skipped a duplicate entry")
+                self._warn((*parts, node.name), "skipped a duplicate entry")
                 continue
             seen.add(node.name)
-            child = parts + (node.name,)
+            child = (*parts, node.name)
             choice = self._selected(b"/" + b"/".join(child), node.type == DIR)
             if choice is False:
                 continue
@@ -264,8 +264,10 @@ class Restorer:
         tmp = TEMP_PREFIX + secrets.token_hex(6).encode()
         try:
             fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600, dir_fd=dir_fd,
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
             )
             try:
                 written = self._write_content(fd, node)
@@ -319,7 +321,10 @@ class Restorer:
                 try:
                     self._remove_existing(dst_fd, parts[-1])
                     os.link(
-                        first[-1], parts[-1], src_dir_fd=src_fd, dst_dir_fd=dst_fd,
+                        first[-1],
+                        parts[-1],
+                        src_dir_fd=src_fd,
+                        dst_dir_fd=dst_fd,
                         follow_symlinks=False,
                     )
                 finally:
@@ -355,7 +360,7 @@ class Restorer:
                     os.fchmod(fd, node.mode)
                 else:
                     os.chmod(name, node.mode, dir_fd=dir_fd)
-            times = (node.atime_ns, node.mtime_ns)
+            times = (node.atime_ns or node.mtime_ns, node.mtime_ns)
             if fd is not None:
                 os.utime(fd, ns=times)
             else:
@@ -375,7 +380,7 @@ class Restorer:
             for key, value in node.xattrs:
                 os.setxattr(fd, key, value)
             os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+            os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
         except OSError as e:
             self._warn(parts, f"cannot restore metadata: {e.strerror}")
         finally:

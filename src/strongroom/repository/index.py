@@ -139,8 +139,12 @@ class ChunkIndex:
             if key != EMPTY:
                 pack_id = self.packs[pack_no]
                 groups[pack_id].append(
-                    (key, BlobLocation(pack_id, (meta >> 24) & 15, offset, length,
-                                       meta & RAW_MASK, meta >> 28))
+                    (
+                        key,
+                        BlobLocation(
+                            pack_id, (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28
+                        ),
+                    )
                 )
         return groups
 

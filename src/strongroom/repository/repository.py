@@ -340,9 +340,9 @@ class Repository:
             raise IntegrityError(f"{what}: contents do not match its name")
         return decode_snapshot(crypto.unseal(self.master, b"snapshot", raw, what), snapshot_id)
 
-    def snapshots(self, on_error: Callable[[str, IntegrityError], None] | None = None) -> list[
-        Snapshot
-    ]:
+    def snapshots(
+        self, on_error: Callable[[str, IntegrityError], None] | None = None
+    ) -> list[Snapshot]:
         """All readable snapshots, oldest first; damaged ones go to ``on_error`` or raise."""
         result = []
         for sid in self.snapshot_ids():

@@ -17,7 +17,11 @@ NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET})
 
 
 class Node(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """One directory entry. ``content`` items are blob ids (bytes) or hole lengths (int)."""
+    """One directory entry. ``content`` items are blob ids (bytes) or hole lengths (int).
+
+    Access times are not recorded (as in borg): reading a file changes its atime, and
+    storing it would make every unchanged directory a new tree on the next backup.
+    """
 
     name: bytes
     type: str

@@ -103,7 +103,9 @@ def backup_command(
             f"{_size(s.bytes_stored)} stored, in {s.duration_s:.1f}s"
         )
         if result.warnings:
-            app.result(f"{len(result.warnings)} file(s) could not be read completely (listed above)")
+            app.result(
+                f"{len(result.warnings)} file(s) could not be read completely (listed above)"
+            )
     return code
 
 

@@ -40,8 +40,14 @@ def _ns_to_rfc3339(ns: int) -> str:
 
 
 def _line(path: bytes, node: Node) -> str:
-    kind = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev": "b",
-            "socket": "s"}.get(node.type, "-")
+    kind = {
+        "dir": "d",
+        "symlink": "l",
+        "fifo": "p",
+        "chardev": "c",
+        "blockdev": "b",
+        "socket": "s",
+    }.get(node.type, "-")
     when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
     owner = f"{node.user or node.uid}/{node.group or node.gid}"
     text = f"{kind}{node.mode:04o} {owner:>16} {node.size:>12} {when}  {display_path(path)}"
@@ -104,9 +110,15 @@ def find_command(app: App, pattern: str, client: str | None, since: str | None) 
             for path, node in walk(repo, snap.tree):
                 target = path if b"/" in pat else node.name
                 if fnmatch.fnmatchcase(target, pat):
-                    matches.append({"snapshot": snap.id, "short_id": snap.id[:8],
-                                    "client": snap.client, "time": snap.time_rfc3339,
-                                    **node_json(path, node)})
+                    matches.append(
+                        {
+                            "snapshot": snap.id,
+                            "short_id": snap.id[:8],
+                            "client": snap.client,
+                            "time": snap.time_rfc3339,
+                            **node_json(path, node),
+                        }
+                    )
                     if not app.json:
                         app.result(f"{snap.id[:8]} {snap.client:12} {_line(path, node)}")
     if app.json:
@@ -135,10 +147,7 @@ def diff_command(app: App, first: str, second: str) -> None:
             changes.append(("-", path))
         elif o.type != n.type:
             changes.append(("T", path))
-        elif o.type == FILE and (o.content != n.content or o.mode != n.mode):
-            changes.append(("M", path))
-        elif o.type != FILE and (o.mode, o.target, o.uid, o.gid) != (n.mode, n.target, n.uid,
-                                                                      n.gid):
+        elif _modified(o, n):
             changes.append(("M", path))
     if app.json:
         app.emit_json([{"change": c, "path": os.fsdecode(p)} for c, p in changes])
@@ -146,8 +155,17 @@ def diff_command(app: App, first: str, second: str) -> None:
         for c, p in changes:
             app.result(f"{c}    {display_path(p)}")
         counts = {k: sum(1 for c, _ in changes if c == k) for k in "+-MT"}
-        app.info(f"added {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
-                 f"type changed {counts['T']}")
+        app.info(
+            f"added {counts['+']}, removed {counts['-']}, modified {counts['M']}, "
+            f"type changed {counts['T']}"
+        )
+
+
+def _modified(old: Node, new: Node) -> bool:
+    def key(n: Node) -> tuple[object, ...]:
+        return (n.content, n.mode, n.target, n.uid, n.gid, n.rdev, n.xattrs)
+
+    return key(old) != key(new)
 
 
 @click.command("dump")

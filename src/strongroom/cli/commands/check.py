@@ -24,24 +24,35 @@ def check_command(app: App, read_data: bool, read_data_subset: str | None) -> in
             raise UsageError(str(e)) from None
     code = EXIT_SUCCESS if result.ok else EXIT_INTEGRITY
     if app.json:
-        app.emit_json({
-            "type": "summary", "ok": result.ok, "exit_code": code, "errors": result.errors,
-            "notes": result.notes, "snapshots": result.snapshots, "trees": result.trees,
-            "packs": result.packs, "packs_read": result.packs_read,
-            "blobs_read": result.blobs_read, "bytes_read": result.bytes_read,
-            "affected": result.affected,
-        })
+        app.emit_json(
+            {
+                "type": "summary",
+                "ok": result.ok,
+                "exit_code": code,
+                "errors": result.errors,
+                "notes": result.notes,
+                "snapshots": result.snapshots,
+                "trees": result.trees,
+                "packs": result.packs,
+                "packs_read": result.packs_read,
+                "blobs_read": result.blobs_read,
+                "bytes_read": result.bytes_read,
+                "affected": result.affected,
+            }
+        )
         return code
     for note in result.notes:
         app.info(f"note: {note}")
     for err in result.errors:
         click.echo(f"error: {err}", err=True)
-    summary = (f"{result.snapshots} snapshots, {result.trees} trees, {result.packs} packs"
-               + (f", {result.packs_read} packs read ({result.blobs_read} blobs)"
-                  if result.packs_read else ""))
+    summary = f"{result.snapshots} snapshots, {result.trees} trees, {result.packs} packs" + (
+        f", {result.packs_read} packs read ({result.blobs_read} blobs)" if result.packs_read else ""
+    )
     if result.ok:
         app.result(f"no errors found: {summary}")
     else:
-        app.result(f"{len(result.errors)} error(s) found: {summary}; "
-                   f"{len(result.affected)} snapshot(s) affected")
+        app.result(
+            f"{len(result.errors)} error(s) found: {summary}; "
+            f"{len(result.affected)} snapshot(s) affected"
+        )
     return code

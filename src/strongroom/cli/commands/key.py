@@ -63,8 +63,18 @@ def key_list(app: App) -> None:
     with app.open_repository(load_index=False) as repo:
         keys = repo.list_keys()
     if app.json:
-        app.emit_json([{"id": k.id, "current": k.current, "created": k.created,
-                        "hostname": k.hostname, "username": k.username} for k in keys])
+        app.emit_json(
+            [
+                {
+                    "id": k.id,
+                    "current": k.current,
+                    "created": k.created,
+                    "hostname": k.hostname,
+                    "username": k.username,
+                }
+                for k in keys
+            ]
+        )
         return
     for k in keys:
         mark = "*" if k.current else " "

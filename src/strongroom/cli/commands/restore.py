@@ -34,14 +34,14 @@ def restore_command(
 ) -> int:
     """Restore a snapshot; original absolute paths are recreated under --target."""
     if to_client:
-        raise UsageError("--to-client needs configured clients and the agent, "
-                         "which this version does not have yet")
+        raise UsageError(
+            "--to-client needs configured clients and the agent, "
+            "which this version does not have yet"
+        )
     with app.open_repository() as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
         app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}")
-        result = Restorer(repo).restore(
-            snap, RestoreRequest(target, includes, excludes, verify)
-        )
+        result = Restorer(repo).restore(snap, RestoreRequest(target, includes, excludes, verify))
     for w in result.warnings:
         app.warn(w)
         app.json_line("warning", message=w)
@@ -50,15 +50,26 @@ def restore_command(
         app.json_line("error", message=e)
     code = EXIT_INTEGRITY if result.errors else EXIT_WARNINGS if result.warnings else EXIT_SUCCESS
     if app.json:
-        app.json_line("summary", snapshot_id=snap.id, exit_code=code, files=result.files,
-                      dirs=result.dirs, other=result.other, bytes=result.bytes,
-                      verified=result.verified, errors=len(result.errors),
-                      warnings=len(result.warnings))
+        app.json_line(
+            "summary",
+            snapshot_id=snap.id,
+            exit_code=code,
+            files=result.files,
+            dirs=result.dirs,
+            other=result.other,
+            bytes=result.bytes,
+            verified=result.verified,
+            errors=len(result.errors),
+            warnings=len(result.warnings),
+        )
     else:
-        app.result(f"restored {result.files} files, {result.dirs} dirs, {result.other} other "
-                   f"({result.bytes} bytes)"
-                   + (f"; verified {result.verified} files" if verify else ""))
+        app.result(
+            f"restored {result.files} files, {result.dirs} dirs, {result.other} other "
+            f"({result.bytes} bytes)" + (f"; verified {result.verified} files" if verify else "")
+        )
         if result.errors:
-            app.result(f"{len(result.errors)} file(s) NOT restored because their data is "
-                       "damaged or missing (listed above)")
+            app.result(
+                f"{len(result.errors)} file(s) NOT restored because their data is "
+                "damaged or missing (listed above)"
+            )
     return code

@@ -1,0 +1,1 @@
+"""The engine: archiver, restorer and checker. Never prints, never reads the clock itself."""
