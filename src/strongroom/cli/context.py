@@ -20,6 +20,7 @@ from strongroom.backend import open_backend
 from strongroom.clock import Clock, SystemClock
 from strongroom.errors import IntegrityError, UsageError, WrongPasswordError
 from strongroom.repository import TEST_KDF, KdfParams, Repository, Snapshot
+from strongroom.repository.locks import RepositoryLock
 
 
 @dataclass
@@ -32,6 +33,7 @@ class App:
     verbose: int = 0
     progress: bool = True
     clock: Clock = field(default_factory=SystemClock)
+    lock: RepositoryLock | None = None
 
     # --- output ---------------------------------------------------------------------
 
@@ -104,15 +106,33 @@ class App:
         return KdfParams()
 
     @contextmanager
-    def open_repository(self, *, load_index: bool = True) -> Iterator[Repository]:
+    def open_repository(
+        self, *, load_index: bool = True, lock: str | None = "shared", purpose: str = ""
+    ) -> Iterator[Repository]:
+        """Open, unlock and (by default) share-lock the repository for one command."""
         backend = open_backend(self.require_repo_url())
         try:
             repo = Repository.open(backend, self.password())
-            if load_index:
-                repo.load_index()
-                for err in repo.index_errors:
-                    self.warn(f"{err} (run `strongroom check`)")
-            yield repo
+            holder = None
+            if lock is not None:
+                holder = RepositoryLock(
+                    backend,
+                    self.clock,
+                    exclusive=lock == "exclusive",
+                    hostname=socket.gethostname(),
+                    purpose=purpose,
+                ).acquire()
+                holder.start_refreshing()
+                self.lock = holder
+            try:
+                if load_index:
+                    repo.load_index()
+                    for err in repo.index_errors:
+                        self.warn(f"{err} (run `strongroom check`)")
+                yield repo
+            finally:
+                if holder is not None:
+                    holder.release()
         finally:
             backend.close()
 

@@ -143,13 +143,18 @@ class Archiver:
         progress: ArchiveProgress | None = None,
         workers: int | None = None,
         on_step: Callable[[str], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self.repo = repo
         self.clock = clock
         self.files_cache = files_cache or FilesCache(None)
         self.progress = progress or _NoProgress()
-        self.workers = workers or max(2, (os.cpu_count() or 2))
+        # One more thread than cores: file reads block while the others compute.
+        self.workers = workers or (os.cpu_count() or 2) + 1
         self._on_step = on_step or (lambda step: None)
+        # Called right before the snapshot is written; raises to refuse the commit
+        # (for example when this writer's lock lease has expired).
+        self._before_commit = before_commit or (lambda: None)
         self._local = threading.local()
         self._writers: list[PackWriter] = []
         self._writers_lock = threading.Lock()
@@ -446,6 +451,7 @@ class Archiver:
             warnings=[f"{w.path}: {w.message}" for w in self._warnings[:1000]],
         )
         self._on_step("before-snapshot")
+        self._before_commit()
         snapshot.id = self.repo.save_snapshot(snapshot)
         self._on_step("snapshot-written")
         return BackupResult(snapshot, list(self._warnings))

@@ -88,7 +88,7 @@ class PackCipher:
     def encrypt(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
         nonce = struct.pack(">4xQ", self._counter)
         self._counter += 1
-        return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, aad: bytes, data: bytes, what: str) -> bytes:
         if len(data) < BLOB_OVERHEAD:

@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 CONFIG_MAGIC = b"SRCONFIG1\n"
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 # An index entry costs at least this many bytes on storage: used to size the table.
-MIN_INDEX_ENTRY_BYTES = 40
+MIN_INDEX_ENTRY_BYTES = 38
 
 
 class RepoConfig(msgspec.Struct):

@@ -50,13 +50,19 @@ def backup_command(
     for path in paths:
         if not os.path.lexists(path):
             raise UsageError(f"cannot back up {path}: no such file or directory")
-    with app.open_repository() as repo:
+    with app.open_repository(purpose=f"backup of {client}") as repo:
         key = hashlib.sha256(
             "\0".join(sorted(os.path.abspath(p) for p in paths)).encode()
         ).hexdigest()[:16]
         cache = FilesCache(app.cache_dir() / repo.id / f"files-{client}-{job}-{key}")
         progress = BackupProgressLine(app)
-        archiver = Archiver(repo, app.clock, cache, progress)
+        archiver = Archiver(
+            repo,
+            app.clock,
+            cache,
+            progress,
+            before_commit=app.lock.ensure_valid if app.lock else None,
+        )
         result = archiver.backup(
             BackupRequest(
                 paths=paths,

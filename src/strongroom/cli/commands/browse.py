@@ -77,7 +77,7 @@ def ls_command(
     app: App, snapshot: str, path: str | None, client: str | None, recursive: bool
 ) -> None:
     """List the files of a snapshot (below PATH)."""
-    with app.open_repository() as repo:
+    with app.open_repository(lock=None) as repo:
         snap = app.resolve_snapshot(repo, snapshot, client)
         prefix, tree = _subtree(repo, snap.tree, path)
         entries: Iterator[tuple[bytes, Node]] = walk(repo, tree, prefix)
@@ -103,7 +103,7 @@ def find_command(app: App, pattern: str, client: str | None, since: str | None) 
     since_ns = parse_time(since) if since else 0
     pat = os.fsencode(pattern)
     matches: list[dict[str, Any]] = []
-    with app.open_repository() as repo:
+    with app.open_repository(lock=None) as repo:
         for snap in app.select_snapshots(repo, client):
             if snap.time_ns < since_ns:
                 continue
@@ -133,7 +133,7 @@ def find_command(app: App, pattern: str, client: str | None, since: str | None) 
 @pass_app
 def diff_command(app: App, first: str, second: str) -> None:
     """Show what changed between two snapshots (+ added, - removed, M modified, T type)."""
-    with app.open_repository() as repo:
+    with app.open_repository(lock=None) as repo:
         a = app.resolve_snapshot(repo, first)
         b = app.resolve_snapshot(repo, second)
         old = {p: n for p, n in walk(repo, a.tree)}
@@ -175,7 +175,7 @@ def _modified(old: Node, new: Node) -> bool:
 @pass_app
 def dump_command(app: App, snapshot: str, path: str, client: str | None) -> None:
     """Write one file of a snapshot to standard output."""
-    with app.open_repository() as repo:
+    with app.open_repository(lock=None) as repo:
         snap = app.resolve_snapshot(repo, snapshot, client)
         node = find_node(repo, snap.tree, os.fsencode(path))
         if node is None:

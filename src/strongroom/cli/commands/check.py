@@ -15,7 +15,7 @@ from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, UsageError
 @pass_app
 def check_command(app: App, read_data: bool, read_data_subset: str | None) -> int:
     """Verify that every snapshot's data is present and intact (exit 13 if not)."""
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, purpose="check") as repo:
         try:
             result = Checker(repo).check(
                 read_data=read_data or read_data_subset is not None, subset=read_data_subset

@@ -33,7 +33,7 @@ def key_command() -> None:
 
 
 def _add(app: App, new_password_file: str | None) -> tuple[str, str]:
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, lock=None) as repo:
         key_id = repo.add_key(
             _new_password(app, new_password_file),
             kdf=app.kdf(),
@@ -60,7 +60,7 @@ def key_add(app: App, new_password_file: str | None) -> None:
 @pass_app
 def key_list(app: App) -> None:
     """List keys; * marks the one in use."""
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, lock=None) as repo:
         keys = repo.list_keys()
     if app.json:
         app.emit_json(
@@ -86,7 +86,7 @@ def key_list(app: App) -> None:
 @pass_app
 def key_remove(app: App, key_id: str) -> None:
     """Remove a key (not the one in use, never the last)."""
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, lock=None) as repo:
         full = repo.resolve_key(key_id)
         repo.remove_key(full)
     app.result(f"removed key {full[:8]}")
@@ -97,7 +97,7 @@ def key_remove(app: App, key_id: str) -> None:
 @pass_app
 def key_passwd(app: App, new_password_file: str | None) -> None:
     """Change the password: add a new key, then remove the one in use."""
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, lock=None) as repo:
         new_id = repo.add_key(
             _new_password(app, new_password_file),
             kdf=app.kdf(),

@@ -38,7 +38,7 @@ def restore_command(
             "--to-client needs configured clients and the agent, "
             "which this version does not have yet"
         )
-    with app.open_repository() as repo:
+    with app.open_repository(purpose="restore") as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
         app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}")
         result = Restorer(repo).restore(snap, RestoreRequest(target, includes, excludes, verify))

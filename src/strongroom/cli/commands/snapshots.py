@@ -14,7 +14,7 @@ from strongroom.cli.context import App, pass_app, snapshot_json
 @pass_app
 def snapshots_command(app: App, client: str | None, job: str | None, tags: tuple[str, ...]) -> None:
     """List snapshots, oldest first."""
-    with app.open_repository(load_index=False) as repo:
+    with app.open_repository(load_index=False, lock=None) as repo:
         snaps = app.select_snapshots(repo, client, job, tags)
     if app.json:
         app.emit_json([snapshot_json(s) for s in snaps])
