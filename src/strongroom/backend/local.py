@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from strongroom.backend.base import (
 )
 
 TEMP_PREFIX = ".tmp-"
+FD_CACHE_PER_THREAD = 8
 
 
 def _translate(err: OSError, what: str) -> BackendError:
@@ -38,6 +41,7 @@ class LocalBackend:
         self.root = Path(root)
         self.location = str(self.root)
         self._known_dirs: set[Path] = set()
+        self._fds: dict[int, OrderedDict[str, int]] = {}
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -83,17 +87,35 @@ class LocalBackend:
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
         try:
-            with open(path, "rb", buffering=0) as f:
-                if length is None:
+            if length is None:
+                with open(path, "rb", buffering=0) as f:
                     if offset:
                         f.seek(offset)
                     return f.read()
-                data = os.pread(f.fileno(), length, offset)
+            data = os.pread(self._range_fd(name, path), length, offset)
         except OSError as e:
             raise _translate(e, f"loading {name}") from e
         if len(data) != length:
             raise ObjectNotFound(f"loading {name}: short read ({len(data)} of {length} bytes)")
         return data
+
+    def _range_fd(self, name: str, path: Path) -> int:
+        """A descriptor for ranged reads, kept open per thread: restores read many
+        blobs from the same pack. Objects are immutable, so a cached descriptor never
+        sees other content; a removed object stays readable until it is closed."""
+        me = threading.get_ident()
+        cache = self._fds.get(me)
+        if cache is None:
+            cache = self._fds[me] = OrderedDict()
+        fd = cache.get(name)
+        if fd is not None:
+            cache.move_to_end(name)
+            return fd
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        cache[name] = fd
+        if len(cache) > FD_CACHE_PER_THREAD:
+            os.close(cache.popitem(last=False)[1])
+        return fd
 
     def stat(self, name: str) -> ObjectInfo:
         try:
@@ -131,7 +153,10 @@ class LocalBackend:
             raise _translate(e, f"removing {name}") from e
 
     def close(self) -> None:
-        pass
+        for cache in self._fds.values():
+            for fd in cache.values():
+                os.close(fd)
+        self._fds.clear()
 
 
 def _raise(err: OSError) -> None:

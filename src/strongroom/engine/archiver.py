@@ -424,8 +424,7 @@ class Archiver:
             try:
                 root_tree = self._archive_roots(roots, pool, ready)
             except BaseException:
-                for f in (c for d in ready for c in d.children if isinstance(c, Future)):
-                    f.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
         for writer in self._writers:
             if writer.entries:

@@ -95,6 +95,8 @@ class Restorer:
         self._lock = threading.Lock()
         self._result = RestoreResult()
         self._owner = os.geteuid() == 0
+        # Each worker thread's open parent directory (thread id -> (parts, fd)).
+        self._parents: dict[int, tuple[tuple[bytes, ...], int]] = {}
 
     def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:
         if request.restore_owner is not None:
@@ -115,9 +117,13 @@ class Restorer:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-restore") as pool:
                 futures: list[Future[None]] = []
                 self._pool, self._futures = pool, futures
-                self._restore_tree(root_fd, (), snapshot.tree)
-                for future in futures:
-                    future.result()
+                try:
+                    self._restore_tree(root_fd, (), snapshot.tree)
+                    for future in futures:
+                        future.result()
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self._close_thread_fds()
             for parts, node, first in self._deferred_links:
                 self._link(root_fd, parts, node, first)
             # Directory times last, deepest first, so writing children cannot change them.
@@ -257,7 +263,7 @@ class Restorer:
     def _restore_file(self, parts: tuple[bytes, ...], node: Node) -> None:
         name = parts[-1]
         try:
-            dir_fd = open_dir_chain(self._root_fd, parts[:-1])
+            dir_fd = self._parent_fd(parts[:-1])
         except OSError as e:
             self._warn(parts, f"cannot open parent directory: {e.strerror}")
             return
@@ -274,9 +280,8 @@ class Restorer:
                 self._set_metadata(dir_fd, tmp, fd, node)
             finally:
                 os.close(fd)
-            st = _lstat_or_none(dir_fd, name)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.EISDIR, "a directory is in the way")
+            # rename() refuses to replace a directory (EISDIR) and replaces a symlink
+            # itself, never what it points to.
             os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (IntegrityError, StorageError) as e:
             _unlink_quietly(dir_fd, tmp)
@@ -286,13 +291,29 @@ class Restorer:
             _unlink_quietly(dir_fd, tmp)
             self._warn(parts, f"cannot write: {e.strerror}")
             return
-        finally:
-            os.close(dir_fd)
         with self._lock:
             self._result.files += 1
             self._result.bytes += written
             self._files.append((parts, node))
         self.progress.file_done(b"/" + b"/".join(parts), written)
+
+    def _parent_fd(self, parts: tuple[bytes, ...]) -> int:
+        """This thread's descriptor for a directory; files come in directory order."""
+        me = threading.get_ident()
+        cached = self._parents.get(me)
+        if cached is not None:
+            if cached[0] == parts:
+                return cached[1]
+            os.close(cached[1])
+            del self._parents[me]
+        fd = open_dir_chain(self._root_fd, parts)
+        self._parents[me] = (parts, fd)
+        return fd
+
+    def _close_thread_fds(self) -> None:
+        for _, fd in self._parents.values():
+            os.close(fd)
+        self._parents.clear()
 
     def _write_content(self, fd: int, node: Node) -> int:
         pos = 0
@@ -423,13 +444,6 @@ class Restorer:
                 return False
             pos += len(data)
         return os.fstat(fd).st_size == pos
-
-
-def _lstat_or_none(dir_fd: int, name: bytes) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

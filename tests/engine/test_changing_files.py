@@ -1,0 +1,85 @@
+"""R13: files that change or vanish during a backup are reported, and read again later."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from strongroom.backend import LocalBackend
+from strongroom.clock import SystemClock
+from strongroom.engine.archiver import Archiver, BackupRequest
+from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.walk import find_node
+from strongroom.repository import TEST_KDF, Repository
+
+
+class _AppendWhileReading(Archiver):
+    """An archiver during whose read of ``victim`` another writer appends to it."""
+
+    victim: bytes = b""
+
+    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
+        result = super()._read_content(fd, st)
+        if os.readlink(f"/proc/self/fd/{fd}").encode() == self.victim:
+            with open(self.victim, "ab") as f:
+                f.write(b"appended during the backup\n")
+        return result
+
+
+def _repo(tmp_path: Path) -> Repository:
+    repo = Repository.init(
+        LocalBackend(tmp_path / "repo"),
+        b"pw",
+        kdf=TEST_KDF,
+        created="",
+        hostname="",
+        username="",
+    )
+    repo.load_index()
+    return repo
+
+
+def test_a_file_changed_while_read_is_flagged_and_read_again(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "log").write_bytes(b"line\n" * 100_000)
+    (src / "stable").write_bytes(b"x" * 1000)
+    cache = tmp_path / "files-cache"
+    repo = _repo(tmp_path)
+
+    archiver = _AppendWhileReading(repo, SystemClock(), FilesCache(cache))
+    archiver.victim = os.fsencode(src / "log")
+    first = archiver.backup(BackupRequest(paths=[str(src)], client="c"))
+    assert [w.path for w in first.warnings] == [str(src / "log")]
+    assert "changed while being read" in first.warnings[0].message
+    node = find_node(repo, first.snapshot.tree, os.fsencode(src / "log"))
+    assert node is not None and node.changed
+
+    second = Archiver(repo, SystemClock(), FilesCache(cache)).backup(
+        BackupRequest(paths=[str(src)], client="c")
+    )
+    assert not second.warnings
+    assert second.snapshot.summary.files_read == 1  # only the changed file
+    assert second.snapshot.summary.files_unmodified == 1
+    node = find_node(repo, second.snapshot.tree, os.fsencode(src / "log"))
+    assert node is not None and not node.changed
+    assert node.size == (src / "log").stat().st_size
+
+
+def test_a_file_that_vanishes_before_it_is_read_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i:02}").write_bytes(b"data %d" % i)
+    repo = _repo(tmp_path)
+
+    class _Vanish(Archiver):
+        def _file(self, path: bytes, node, st):  # type: ignore[no-untyped-def]
+            if path.endswith(b"f07"):
+                os.unlink(path)
+            return super()._file(path, node, st)
+
+    result = _Vanish(repo, SystemClock()).backup(BackupRequest(paths=[str(src)], client="c"))
+    assert [w.path for w in result.warnings] == [str(src / "f07")]
+    assert find_node(repo, result.snapshot.tree, os.fsencode(src / "f07")) is None
+    assert find_node(repo, result.snapshot.tree, os.fsencode(src / "f08")) is not None
