@@ -15,7 +15,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -28,7 +28,9 @@ from strongroom.repository.crypto import blob_id
 from strongroom.repository.pack import PackWriter
 from strongroom.repository.tree import encode_tree
 
-MAX_IN_FLIGHT = 512
+# Finished directories waiting to be written as trees, and files queued for workers.
+MAX_DIRS_WAITING = 64
+MAX_FILES_IN_FLIGHT = 64
 INDEX_CHECKPOINT_PACKS = 8
 INDEX_CHECKPOINT_SECONDS = 60.0
 READ_BLOCK = 4 * 1024 * 1024
@@ -165,6 +167,7 @@ class Archiver:
         self._last_checkpoint = 0.0
         self._excludes: list[bytes] = []
         self._tree_writer: PackWriter | None = None
+        self._in_flight: deque[Future[Node | None]] = deque()
 
     # --- blobs ----------------------------------------------------------------------
 
@@ -272,16 +275,29 @@ class Archiver:
         f.seek(offset)
         return f
 
-    def _file(self, path: bytes, node: Node, st: os.stat_result) -> Node | None:
+    def _submit_file(
+        self, pool: ThreadPoolExecutor, path: bytes, node: Node, st: os.stat_result
+    ) -> Node | Future[Node | None]:
+        """An unchanged file's node at once; otherwise a worker reads the file."""
         cached = self.files_cache.lookup(path, st)
         if cached is not None and all(
             isinstance(c, int) or self.repo.has_blob(c) for c in cached.content
         ):
             node.content = list(cached.content)
-            self.files_cache.remember(path, st, node.content)
+            node.xattrs = list(cached.xattrs)
+            self.files_cache.remember(path, st, node.content, node.xattrs)
             self._stats.add(files_unmodified=1, bytes_total=st.st_size)
             self.progress.file_done(path, st.st_size, False)
             return node
+        # Bound the work queued ahead of the workers, and so the memory it holds.
+        while len(self._in_flight) >= MAX_FILES_IN_FLIGHT:
+            oldest = self._in_flight.popleft()
+            wait([oldest])
+        future = pool.submit(self._file, path, node, st, self.files_cache.known(path))
+        self._in_flight.append(future)
+        return future
+
+    def _file(self, path: bytes, node: Node, st: os.stat_result, known: bool) -> Node | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
@@ -309,10 +325,10 @@ class Archiver:
             node.changed = True
             self._warn(path, "changed while being read; stored as read, will be read again")
         else:
-            self.files_cache.remember(path, after, node.content)
+            self.files_cache.remember(path, after, node.content, node.xattrs)
         self._stats.add(
-            files_new=1 if cached is None else 0,
-            files_changed=0 if cached is None else 1,
+            files_new=0 if known else 1,
+            files_changed=1 if known else 0,
             files_read=1,
             bytes_read=read,
             bytes_total=node.size,
@@ -365,7 +381,7 @@ class Archiver:
                     self._stats.add(dirs=1)
                     pending.children.append(self._walk(child_path, child, pool, ready))
                 elif stat.S_ISREG(st.st_mode):
-                    pending.children.append(pool.submit(self._file, child_path, child, st))
+                    pending.children.append(self._submit_file(pool, child_path, child, st))
                 else:
                     if stat.S_ISLNK(st.st_mode):
                         try:
@@ -380,7 +396,7 @@ class Archiver:
         finally:
             os.close(fd)
         ready.append(pending)
-        self._drain(ready, MAX_IN_FLIGHT)
+        self._drain(ready, MAX_DIRS_WAITING)
         return pending
 
     def _drain(self, ready: deque[_PendingDir], keep: int) -> None:
@@ -498,7 +514,7 @@ class Archiver:
             elif stat.S_ISDIR(st.st_mode):
                 children.append(self._walk(path, node, pool, ready))
             elif stat.S_ISREG(st.st_mode):
-                children.append(pool.submit(self._file, path, node, st))
+                children.append(self._submit_file(pool, path, node, st))
             else:
                 if stat.S_ISLNK(st.st_mode):
                     node.target = os.readlink(path)

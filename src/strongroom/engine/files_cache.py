@@ -15,6 +15,7 @@ class CachedFile(msgspec.Struct, array_like=True):
     ctime_ns: int
     inode: int
     content: list[bytes | int]
+    xattrs: list[tuple[bytes, bytes]] = []
 
 
 _decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
@@ -47,8 +48,19 @@ class FilesCache:
             return None
         return entry
 
-    def remember(self, path: bytes, st: os.stat_result, content: list[bytes | int]) -> None:
-        entry = CachedFile(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content)
+    def known(self, path: bytes) -> bool:
+        """Whether the last backup saw this path (then a cache miss means 'changed')."""
+        return path in self._old
+
+    def remember(
+        self,
+        path: bytes,
+        st: os.stat_result,
+        content: list[bytes | int],
+        xattrs: list[tuple[bytes, bytes]],
+    ) -> None:
+        # Changing an xattr changes ctime, so cached xattrs are as fresh as the content.
+        entry = CachedFile(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content, xattrs)
         with self._lock:
             self._new[path] = entry
 

@@ -90,8 +90,8 @@ class PackWriter:
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> tuple[str, bytes]:
-        """Seal the header; return (pack id, the pack's bytes)."""
+    def finish(self) -> tuple[str, bytearray]:
+        """Seal the header; return (pack id, the pack's bytes, not copied)."""
         header = b"".join(
             ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length, e.flags)
             for e in self.entries
@@ -99,8 +99,7 @@ class PackWriter:
         sealed = self._cipher.encrypt(HEADER_AAD, header)
         self._buf += sealed
         self._buf += TRAILER.pack(len(sealed))
-        data = bytes(self._buf)
-        return storage_id(data), data
+        return storage_id(self._buf), self._buf
 
 
 def cipher_for(key: MasterKey, pack_start: bytes, what: str) -> PackCipher:

@@ -89,7 +89,10 @@ def key_remove(app: App, key_id: str) -> None:
     with app.open_repository(load_index=False, lock=None) as repo:
         full = repo.resolve_key(key_id)
         repo.remove_key(full)
-    app.result(f"removed key {full[:8]}")
+    if app.json:
+        app.emit_json({"removed": full})
+    else:
+        app.result(f"removed key {full[:8]}")
 
 
 @key_command.command("passwd")
