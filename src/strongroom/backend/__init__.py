@@ -9,6 +9,7 @@ from strongroom.backend.base import (
     ObjectInfo,
     ObjectNotFound,
     PermanentError,
+    StagedObject,
     TransientError,
 )
 from strongroom.backend.local import LocalBackend
@@ -24,6 +25,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "PermanentError",
+    "StagedObject",
     "TransientError",
     "open_backend",
 ]

@@ -40,6 +40,18 @@ class ObjectInfo:
     mtime: float
 
 
+class StagedObject(Protocol):
+    """An object being written piece by piece, invisible until published."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def publish(self, name: str) -> None:
+        """Make the object visible under ``name``, atomically and durably."""
+
+    def discard(self) -> None:
+        """Throw the partial object away."""
+
+
 class Backend(Protocol):
     """What every storage backend implements."""
 
@@ -47,6 +59,9 @@ class Backend(Protocol):
 
     def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` under ``name`` atomically; an existing object is replaced."""
+
+    def stage(self, prefix: str) -> StagedObject:
+        """Start an object under ``prefix`` whose name is known only at the end (a pack)."""
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return ``length`` bytes (all when None) from ``offset``; ObjectNotFound if absent."""

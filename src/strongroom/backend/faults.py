@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from strongroom.backend.base import Backend, BackendError, ObjectInfo
+from strongroom.backend.base import Backend, BackendError, ObjectInfo, StagedObject
 
 
 class FaultyBackend:
@@ -60,16 +60,25 @@ class FaultyBackend:
 
     # --- the Backend verbs ----------------------------------------------------------
 
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+    def _before_save(self) -> None:
         with self._lock:
             if self._saves_left is not None:
                 if self._saves_left <= 0 and self._save_error is not None:
                     raise self._save_error
                 self._saves_left -= 1
-        self.inner.save(name, data)
+
+    def _after_save(self, name: str) -> None:
         self.saved.append(name)
         if self._on_save is not None:
             self._on_save(name)
+
+    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        self._before_save()
+        self.inner.save(name, data)
+        self._after_save(name)
+
+    def stage(self, prefix: str) -> StagedObject:
+        return _FaultyStaged(self, self.inner.stage(prefix))
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if self._load_error is not None:
@@ -98,3 +107,26 @@ class FaultyBackend:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _FaultyStaged:
+    """Publishing a staged object counts as a save, with the same faults."""
+
+    def __init__(self, backend: FaultyBackend, inner: StagedObject) -> None:
+        self._backend = backend
+        self._inner = inner
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._inner.write(data)
+
+    def publish(self, name: str) -> None:
+        try:
+            self._backend._before_save()
+        except BaseException:
+            self._inner.discard()
+            raise
+        self._inner.publish(name)
+        self._backend._after_save(name)
+
+    def discard(self) -> None:
+        self._inner.discard()

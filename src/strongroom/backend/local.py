@@ -55,34 +55,29 @@ class LocalBackend:
         except OSError as e:
             raise _translate(e, f"creating {self.root}") from e
 
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory not in self._known_dirs:
+            created = not directory.is_dir()
+            directory.mkdir(parents=True, exist_ok=True)
+            if created:
+                _fsync_dir(directory.parent)
+            self._known_dirs.add(directory)
+
     def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(name)
-        directory = path.parent
-        tmp = directory / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
         try:
-            if directory not in self._known_dirs:
-                created = not directory.is_dir()
-                directory.mkdir(parents=True, exist_ok=True)
-                if created:
-                    _fsync_dir(directory.parent)
-                self._known_dirs.add(directory)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-            _fsync_dir(directory)
+            self._ensure_dir(path.parent)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise _translate(e, f"saving {name}") from e
+        tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
+        staged = _LocalStaged(self, tmp, name)
+        staged.write(data)
+        staged.publish(name)
+
+    def stage(self, prefix: str) -> _LocalStaged:
+        """A temporary file in the repository's root, renamed into place on publish."""
+        tmp = self.root / f"{TEMP_PREFIX}stage-{secrets.token_hex(8)}"
+        return _LocalStaged(self, tmp, f"a new object under {prefix}")
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
@@ -157,6 +152,64 @@ class LocalBackend:
             for fd in cache.values():
                 os.close(fd)
         self._fds.clear()
+
+
+class _LocalStaged:
+    """Temp file, write, fsync, rename, directory fsync: whole under its name, or absent."""
+
+    def __init__(self, backend: LocalBackend, tmp: Path, what: str) -> None:
+        self._backend = backend
+        self._tmp = tmp
+        self._what = what
+        self._failure: BackendError | None = None
+        try:
+            self._fd: int | None = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as e:
+            raise _translate(e, f"saving {what}") from e
+
+    def _check_open(self) -> int:
+        if self._fd is None:
+            # A failed write discarded the object: keep failing the same way.
+            raise self._failure or PermanentError("the temporary object was already closed")
+        return self._fd
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._check_open()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            self._failure = _translate(e, f"saving {self._what}")
+            self.discard()
+            raise self._failure from e
+
+    def publish(self, name: str) -> None:
+        self._check_open()
+        assert self._fd is not None
+        path = self._backend._path(name)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._backend._ensure_dir(path.parent)
+            os.rename(self._tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as e:
+            self._failure = _translate(e, f"saving {name}")
+            self.discard()
+            raise self._failure from e
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
 
 
 def _raise(err: OSError) -> None:

@@ -27,6 +27,9 @@ class MemoryBackend:
         with self._lock:
             self.objects[name] = (bytes(data), time.time())
 
+    def stage(self, prefix: str) -> _MemoryStaged:
+        return _MemoryStaged(self)
+
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
             data = self.objects[name][0]
@@ -57,3 +60,18 @@ class MemoryBackend:
 
     def close(self) -> None:
         pass
+
+
+class _MemoryStaged:
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+        self._buf = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def publish(self, name: str) -> None:
+        self._backend.save(name, self._buf)
+
+    def discard(self) -> None:
+        self._buf = bytearray()

@@ -72,6 +72,7 @@ class FileWarning:
 class BackupResult:
     snapshot: Snapshot
     warnings: list[FileWarning] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # problems that cost no data
 
 
 @dataclass
@@ -184,7 +185,7 @@ class Archiver:
     def _thread_writer(self) -> PackWriter:
         writer: PackWriter | None = getattr(self._local, "writer", None)
         if writer is None:
-            writer = self.repo.new_pack_writer()
+            writer = self.repo.new_pack_writer(staged=True)
             self._local.writer = writer
             with self._writers_lock:
                 self._writers.append(writer)
@@ -193,7 +194,7 @@ class Archiver:
     def _store(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
         if blob_type == TREE:
             if self._tree_writer is None:
-                self._tree_writer = self.repo.new_pack_writer()
+                self._tree_writer = self.repo.new_pack_writer(staged=True)
             writer = self._tree_writer
         else:
             writer = self._thread_writer()
@@ -441,15 +442,16 @@ class Archiver:
                 root_tree = self._archive_roots(roots, pool, ready)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
+                self._discard_writers()
                 raise
-        for writer in self._writers:
-            if writer.entries:
-                self._upload(writer)
-        if self._tree_writer is not None and self._tree_writer.entries:
-            self._upload(self._tree_writer)
+        try:
+            self._flush_writers()
+        except BaseException:
+            self._discard_writers()
+            raise
         self.repo.flush_index()
         self._on_step("index-written")
-        self.files_cache.save()
+        cache_problem = self.files_cache.save()
         summary = self._stats.summary
         summary.duration_s = round(self.clock.monotonic() - start, 3)
         snapshot = Snapshot(
@@ -469,7 +471,28 @@ class Archiver:
         self._before_commit()
         snapshot.id = self.repo.save_snapshot(snapshot)
         self._on_step("snapshot-written")
-        return BackupResult(snapshot, list(self._warnings))
+        return BackupResult(
+            snapshot, list(self._warnings), [cache_problem] if cache_problem else []
+        )
+
+    def _flush_writers(self) -> None:
+        """Upload every partly filled pack; drop writers that hold nothing."""
+        writers = [*self._writers]
+        if self._tree_writer is not None:
+            writers.append(self._tree_writer)
+        self._writers, self._tree_writer = [], None
+        for writer in writers:
+            if writer.entries:
+                self._upload(writer)
+            else:
+                writer.discard()
+
+    def _discard_writers(self) -> None:
+        """After a failure: remove the temporary objects of unfinished packs."""
+        for writer in [*self._writers, self._tree_writer]:
+            if writer is not None:
+                writer.discard()
+        self._writers, self._tree_writer = [], None
 
     def _archive_roots(
         self, roots: list[bytes], pool: ThreadPoolExecutor, ready: deque[_PendingDir]

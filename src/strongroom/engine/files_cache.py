@@ -64,11 +64,20 @@ class FilesCache:
         with self._lock:
             self._new[path] = entry
 
-    def save(self) -> None:
-        """Write the entries seen in this run, atomically."""
+    def save(self) -> str | None:
+        """Write the entries seen in this run, atomically; say why if that failed.
+
+        The cache only saves work, so failing to write it (a full disk) is reported
+        and otherwise harmless: the next backup reads the files again.
+        """
         if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            return None
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(msgspec.msgpack.encode(self._new))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(msgspec.msgpack.encode(self._new))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            return f"files cache {self.path} not saved: {e.strerror}"
+        return None

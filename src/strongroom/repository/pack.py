@@ -12,9 +12,11 @@ length(4) raw_length(4) flags(1)``, and is sealed the same way with associated d
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
+from strongroom.backend import StagedObject
 from strongroom.errors import IntegrityError
 from strongroom.repository import compression
 from strongroom.repository.crypto import (
@@ -23,7 +25,6 @@ from strongroom.repository.crypto import (
     MasterKey,
     PackCipher,
     blob_id,
-    storage_id,
 )
 
 PACK_MAGIC = b"SRP1"
@@ -62,18 +63,33 @@ def pack_name(pack_id: str) -> str:
 
 
 class PackWriter:
-    """Accumulates encrypted blobs in memory until the pack is full."""
+    """Encrypts blobs into one pack, in memory or straight into a staged object."""
 
-    def __init__(self, key: MasterKey, compression_level: int) -> None:
+    def __init__(
+        self, key: MasterKey, compression_level: int, sink: StagedObject | None = None
+    ) -> None:
         self._key = key
         self._level = compression_level
         self._cipher = PackCipher(key)
-        self._buf = bytearray(PACK_MAGIC + self._cipher.salt)
+        self.sink = sink
+        self._mem: bytearray | None = bytearray() if sink is None else None
+        self._hash = hashlib.sha256()
+        self._size = 0
         self.entries: list[PackEntry] = []
+        self._append(PACK_MAGIC + self._cipher.salt)
 
     @property
     def size(self) -> int:
-        return len(self._buf)
+        return self._size
+
+    def _append(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+        if self._mem is not None:
+            self._mem += data
+        else:
+            assert self.sink is not None
+            self.sink.write(data)
 
     def add(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> PackEntry:
         """Compress (when it pays), verify, encrypt and append one blob."""
@@ -85,21 +101,24 @@ class PackWriter:
                 raise IntegrityError("compression round trip failed; refusing to store")
             flags = FLAG_COMPRESSED
         ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), packed or data)
-        entry = PackEntry(blob_type, bid, len(self._buf), len(ciphertext), len(data), flags)
-        self._buf += ciphertext
+        entry = PackEntry(blob_type, bid, self._size, len(ciphertext), len(data), flags)
+        self._append(ciphertext)
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> tuple[str, bytearray]:
-        """Seal the header; return (pack id, the pack's bytes, not copied)."""
+    def finish(self) -> tuple[str, bytearray | None]:
+        """Seal the header. Returns the pack id and, for an in-memory pack, its bytes."""
         header = b"".join(
             ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length, e.flags)
             for e in self.entries
         )
         sealed = self._cipher.encrypt(HEADER_AAD, header)
-        self._buf += sealed
-        self._buf += TRAILER.pack(len(sealed))
-        return storage_id(self._buf), self._buf
+        self._append(sealed + TRAILER.pack(len(sealed)))
+        return self._hash.hexdigest(), self._mem
+
+    def discard(self) -> None:
+        if self.sink is not None:
+            self.sink.discard()
 
 
 def cipher_for(key: MasterKey, pack_start: bytes, what: str) -> PackCipher:

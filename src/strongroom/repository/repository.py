@@ -257,18 +257,24 @@ class Repository:
         with self._index_lock:
             return bid in self.index
 
-    def new_pack_writer(self) -> PackWriter:
-        return PackWriter(self.master, self.config.compression_level)
+    def new_pack_writer(self, *, staged: bool = False) -> PackWriter:
+        """A pack writer; ``staged`` ones write to storage as they go (less memory)."""
+        sink = self.backend.stage("data/") if staged else None
+        return PackWriter(self.master, self.config.compression_level, sink)
 
     def upload_pack(self, writer: PackWriter) -> tuple[str, int]:
         """Store a full pack, then make its blobs known. Returns (pack id, stored bytes)."""
         pack_id, data = writer.finish()
-        self.backend.save(pack_name(pack_id), data)
+        if data is None:
+            assert writer.sink is not None
+            writer.sink.publish(pack_name(pack_id))
+        else:
+            self.backend.save(pack_name(pack_id), data)
         with self._index_lock:
             for entry in writer.entries:
                 self.index.add(pack_id, entry, replace=True)
             self._pending[pack_id] = list(writer.entries)
-        return pack_id, len(data)
+        return pack_id, writer.size
 
     def pending_packs(self) -> int:
         with self._index_lock:

@@ -80,6 +80,9 @@ def backup_command(
     snap = result.snapshot
     s = snap.summary
     code = EXIT_WARNINGS if result.warnings else EXIT_SUCCESS
+    for note in result.notes:
+        app.warn(note)
+        app.json_line("warning", message=note)
     for w in result.warnings:
         app.warn(f"{display_path(w.path)}: {w.message}")
         app.json_line("warning", path=w.path, message=w.message)
