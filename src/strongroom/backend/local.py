@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ FD_CACHE_PER_THREAD = 8
 
 
 def _translate(err: OSError, what: str) -> BackendError:
-    if err.errno == errno.ENOENT:
+    if err.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
         return ObjectNotFound(f"{what}: not found")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"{what}: no space left on the repository's storage")
@@ -117,29 +118,45 @@ class LocalBackend:
             st = os.stat(self._path(name))
         except OSError as e:
             raise _translate(e, f"stat {name}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"stat {name}: not found (not an object)")
         return ObjectInfo(name, st.st_size, st.st_mtime)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        """Objects whose names start with ``prefix`` (a string prefix), sorted by name."""
+        if not self.root.is_dir():
+            raise ObjectNotFound(f"listing {prefix}: repository directory is missing")
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / directory if directory else self.root
         if not base.is_dir():
-            if not self.root.is_dir():
-                raise ObjectNotFound(f"listing {prefix}: repository directory is missing")
             return
+        names: list[str] = []
         try:
             for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    if fn.startswith(TEMP_PREFIX):
-                        continue
-                    full = os.path.join(dirpath, fn)
-                    try:
-                        st = os.stat(full)
-                    except FileNotFoundError:
-                        continue  # removed while listing
-                    rel = os.path.relpath(full, self.root).replace(os.sep, "/")
-                    yield ObjectInfo(rel, st.st_size, st.st_mtime)
+                rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+                rel_dir = "" if rel_dir == "." else rel_dir + "/"
+                # Descend only where names can still start with the prefix.
+                dirnames[:] = [
+                    d
+                    for d in dirnames
+                    if (rel_dir + d + "/").startswith(prefix)
+                    or prefix.startswith(rel_dir + d + "/")
+                ]
+                names.extend(
+                    rel_dir + fn
+                    for fn in filenames
+                    if not fn.startswith(TEMP_PREFIX) and (rel_dir + fn).startswith(prefix)
+                )
         except OSError as e:
             raise _translate(e, f"listing {prefix}") from e
+        for name in sorted(names):
+            try:
+                st = os.stat(self.root / name)
+            except FileNotFoundError:
+                continue  # removed while listing
+            except OSError as e:
+                raise _translate(e, f"listing {prefix}") from e
+            yield ObjectInfo(name, st.st_size, st.st_mtime)
 
     def remove(self, name: str) -> None:
         try:

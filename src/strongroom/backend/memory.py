@@ -31,6 +31,7 @@ class MemoryBackend:
         return _MemoryStaged(self)
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        validate_name(name)
         try:
             data = self.objects[name][0]
         except KeyError:
@@ -41,6 +42,7 @@ class MemoryBackend:
         return data[offset:end]
 
     def stat(self, name: str) -> ObjectInfo:
+        validate_name(name)
         try:
             data, mtime = self.objects[name]
         except KeyError:
@@ -54,6 +56,7 @@ class MemoryBackend:
             yield ObjectInfo(name, len(data), mtime)
 
     def remove(self, name: str) -> None:
+        validate_name(name)
         with self._lock:
             if self.objects.pop(name, None) is None:
                 raise ObjectNotFound(f"removing {name}: not found")

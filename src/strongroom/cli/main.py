@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import signal
 import sys
 from types import FrameType
@@ -105,7 +106,7 @@ def hoist_global_options(argv: list[str]) -> list[str]:
         elif arg in VALUE_OPTIONS and i + 1 < len(argv):
             hoisted.extend(argv[i : i + 2])
             i += 1
-        elif arg in FLAG_OPTIONS:
+        elif arg in FLAG_OPTIONS or re.fullmatch(r"-[vq]+", arg):
             hoisted.append(arg)
         else:
             rest.append(arg)

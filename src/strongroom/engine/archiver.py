@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 
 from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
-from strongroom.engine.fsmeta import node_from_stat, read_xattrs
+from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -300,7 +300,7 @@ class Archiver:
 
     def _file(self, path: bytes, node: Node, st: os.stat_result, known: bool) -> Node | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_path(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             self._warn(path, f"cannot open: {e.strerror}")
             return None
@@ -357,7 +357,7 @@ class Archiver:
     ) -> _PendingDir:
         pending = _PendingDir(node)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_path(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             self._warn(path, f"cannot open directory: {e.strerror}")
             ready.append(pending)
@@ -457,7 +457,7 @@ class Archiver:
         snapshot = Snapshot(
             time_ns=request.time_ns if request.time_ns is not None else self.clock.now_ns(),
             tree=root_tree,
-            paths=[os.fsdecode(p) for p in roots],
+            paths=[display(p) for p in roots],
             client=request.client,
             job=request.job,
             hostname=request.hostname,
@@ -465,7 +465,7 @@ class Archiver:
             tags=sorted(set(request.tags)),
             program_version=request.program_version,
             summary=summary,
-            warnings=[f"{w.path}: {w.message}" for w in self._warnings[:1000]],
+            warnings=[f"{display(w.path)}: {w.message}" for w in self._warnings[:1000]],
         )
         self._on_step("before-snapshot")
         self._before_commit()
@@ -547,6 +547,11 @@ class Archiver:
         self._finish_dir(holder)
         assert holder.tree_id is not None
         return holder.tree_id
+
+
+def display(path: bytes | str) -> str:
+    """Text for a path that may not be UTF-8: undecodable bytes become \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _normalize_paths(paths: Sequence[str]) -> list[bytes]:

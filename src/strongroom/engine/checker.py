@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from strongroom.backend import ObjectNotFound
 from strongroom.engine.walk import load_tree
 from strongroom.errors import IntegrityError
-from strongroom.repository import Repository
+from strongroom.repository import DATA, Repository
 from strongroom.repository.crypto import storage_id
 from strongroom.repository.index import BlobLocation
 from strongroom.repository.pack import cipher_for, open_blob, pack_name, read_header
@@ -73,8 +73,11 @@ class Checker:
         result = CheckResult()
         repo = self.repo
         for key in repo.list_keys():
-            if key.hostname == "(damaged)":
-                result.errors.append(f"key {key.id[:8]}: damaged key file")
+            if key.damaged:
+                result.errors.append(
+                    f"key {key.id[:8]}: damaged key file"
+                    + (" (the one in use: add a new key with `key add` now)" if key.current else "")
+                )
         repo.load_index()
         result.errors.extend(repo.index_errors)
         if repo.missing_packs:
@@ -174,7 +177,11 @@ class Checker:
             bad.add(key)
 
     def _intact(self, bid: bytes, bad: set[bytes]) -> bool:
-        return bid[:16] not in bad and self.repo.has_blob(bid)
+        """File data that exists, reads back intact, and is stored as data (not a tree)."""
+        if bid[:16] in bad:
+            return False
+        loc = self.repo.lookup(bid)
+        return loc is not None and loc.type == DATA
 
     def _check_tree(
         self,

@@ -82,3 +82,23 @@ def read_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
                 continue
             raise
     return result
+
+
+def open_path(path: bytes, flags: int) -> int:
+    """``os.open`` that also works for paths longer than PATH_MAX, one component at a time."""
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+    parent, _, name = path.rstrip(b"/").rpartition(b"/")
+    fd = os.open(b"/" if path.startswith(b"/") else b".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parent.split(b"/"):
+            if part:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        return os.open(name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)

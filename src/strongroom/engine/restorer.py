@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -242,10 +242,11 @@ class Restorer:
             elif node.type in (CHARDEV, BLOCKDEV, SOCKET):
                 kind = {CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
                 os.mknod(name, 0o600 | kind[node.type], node.rdev, dir_fd=dir_fd)
-        except OSError as e:
-            self._warn(parts, f"cannot create {node.type}: {e.strerror}")
+        except (OSError, OverflowError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self._warn(parts, f"cannot create {node.type}: {reason}")
             return
-        self._set_metadata(dir_fd, name, None, node)
+        self._set_metadata(parts, node, dir_fd=dir_fd, name=name)
         with self._lock:
             self._result.other += 1
 
@@ -277,7 +278,7 @@ class Restorer:
             )
             try:
                 written = self._write_content(fd, node)
-                self._set_metadata(dir_fd, tmp, fd, node)
+                self._set_metadata(parts, node, fd=fd)
             finally:
                 os.close(fd)
             # rename() refuses to replace a directory (EISDIR) and replaces a symlink
@@ -365,29 +366,59 @@ class Restorer:
 
     # --- metadata -------------------------------------------------------------------
 
-    def _set_metadata(self, dir_fd: int, name: bytes, fd: int | None, node: Node) -> None:
-        is_link = node.type == SYMLINK
-        try:
-            if self._owner:
-                if fd is not None:
-                    os.fchown(fd, node.uid, node.gid)
-                else:
-                    os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-            for key, value in node.xattrs:
-                if fd is not None:
-                    os.setxattr(fd, key, value)
-            if not is_link:
-                if fd is not None:
-                    os.fchmod(fd, node.mode)
-                else:
-                    os.chmod(name, node.mode, dir_fd=dir_fd)
-            times = (node.atime_ns or node.mtime_ns, node.mtime_ns)
+    def _set_metadata(
+        self,
+        parts: tuple[bytes, ...],
+        node: Node,
+        *,
+        fd: int | None = None,
+        dir_fd: int | None = None,
+        name: bytes | None = None,
+    ) -> None:
+        """Owner, xattrs, mode and times, through ``fd`` or ``name`` in ``dir_fd``.
+
+        Each step is tried on its own: a refused xattr must not cost the mode and times.
+        Hostile values (a negative uid, an absurd mode) give warnings, never a crash.
+        """
+        assert fd is not None or name is not None
+
+        def owner() -> None:
             if fd is not None:
-                os.utime(fd, ns=times)
+                os.fchown(fd, node.uid, node.gid)
             else:
-                os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError as e:
-            self._warn((name,), f"cannot restore metadata: {e.strerror}")
+                os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+
+        def mode() -> None:
+            if fd is not None:
+                os.fchmod(fd, node.mode)
+            else:
+                os.chmod(name, node.mode, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+        def times() -> None:
+            ns = (node.atime_ns or node.mtime_ns, node.mtime_ns)
+            if fd is not None:
+                os.utime(fd, ns=ns)
+            else:
+                os.utime(name, ns=ns, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+
+        def xattr(key: bytes, value: bytes) -> Callable[[], None]:
+            assert fd is not None
+            return lambda: os.setxattr(fd, key, value)
+
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self._owner:
+            steps.append(("owner", owner))
+        if fd is not None:
+            steps += [(f"xattr {k!r}", xattr(k, v)) for k, v in node.xattrs]
+        if node.type != SYMLINK:  # Linux has no mode for symlinks
+            steps.append(("mode", mode))
+        steps.append(("times", times))
+        for what, step in steps:
+            try:
+                step()
+            except (OSError, OverflowError, ValueError, TypeError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                self._warn(parts, f"cannot restore {what}: {reason}")
 
     def _set_dir_metadata(self, root_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
         try:
@@ -396,14 +427,7 @@ class Restorer:
             self._warn(parts, f"cannot set metadata: {e.strerror}")
             return
         try:
-            if self._owner:
-                os.fchown(fd, node.uid, node.gid)
-            for key, value in node.xattrs:
-                os.setxattr(fd, key, value)
-            os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
-        except OSError as e:
-            self._warn(parts, f"cannot restore metadata: {e.strerror}")
+            self._set_metadata(parts, node, fd=fd)
         finally:
             os.close(fd)
 
@@ -432,7 +456,7 @@ class Restorer:
         pos = 0
         for item in node.content:
             if isinstance(item, int):
-                if os.pread(fd, item, pos).count(0) != item:
+                if not _reads_as_zeros(fd, pos, item):
                     return False
                 pos += item
                 continue
@@ -444,6 +468,24 @@ class Restorer:
                 return False
             pos += len(data)
         return os.fstat(fd).st_size == pos
+
+
+def _reads_as_zeros(fd: int, pos: int, length: int) -> bool:
+    """Whether ``length`` bytes from ``pos`` read as zeros; holes are skipped unread."""
+    end = pos + length
+    while pos < end:
+        try:
+            data_at = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return True  # no data after pos: the rest is a hole (or past the end)
+        if data_at >= end:
+            return True
+        pos = data_at
+        step = min(end - pos, 1 << 20)
+        if os.pread(fd, step, pos).count(0) != step:
+            return False
+        pos += step
+    return True
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

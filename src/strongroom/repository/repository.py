@@ -60,6 +60,7 @@ class KeyInfo:
     hostname: str
     username: str
     current: bool
+    damaged: bool = False
 
 
 def key_name(key_id: str) -> str:
@@ -190,14 +191,17 @@ class Repository:
         keys = []
         for info in self.backend.list("keys/"):
             key_id = info.name.rsplit("/", 1)[-1]
+            current = key_id == self.key_id
             try:
-                kf = KeyFile.from_json(self.backend.load(info.name), f"key {key_id[:8]}")
+                raw = self.backend.load(info.name)
+                kf = KeyFile.from_json(raw, f"key {key_id[:8]}")
             except IntegrityError:
-                keys.append(KeyInfo(key_id, "?", "(damaged)", "?", key_id == self.key_id))
+                keys.append(KeyInfo(key_id, "?", "?", "?", current, damaged=True))
                 continue
-            keys.append(
-                KeyInfo(key_id, kf.created, kf.hostname, kf.username, key_id == self.key_id)
-            )
+            # Fields outside the sealed master key (host, user, time) are covered by the
+            # name: a key file's name is the SHA-256 of its bytes.
+            damaged = crypto.storage_id(raw) != key_id
+            keys.append(KeyInfo(key_id, kf.created, kf.hostname, kf.username, current, damaged))
         return keys
 
     def resolve_key(self, prefix: str) -> str:

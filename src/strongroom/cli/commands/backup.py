@@ -6,7 +6,7 @@ import getpass
 import hashlib
 import os
 import socket
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -17,6 +17,8 @@ from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def parse_time(value: str) -> int:
     try:
@@ -25,7 +27,8 @@ def parse_time(value: str) -> int:
         raise UsageError(f"--time {value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         moment = moment.astimezone()
-    return int(moment.timestamp() * 1_000_000_000)
+    # Integer arithmetic: a float timestamp would lose the microseconds.
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 @click.command("backup")
@@ -52,7 +55,7 @@ def backup_command(
             raise UsageError(f"cannot back up {path}: no such file or directory")
     with app.open_repository(purpose=f"backup of {client}") as repo:
         key = hashlib.sha256(
-            "\0".join(sorted(os.path.abspath(p) for p in paths)).encode()
+            b"\0".join(sorted(os.fsencode(os.path.abspath(p)) for p in paths))
         ).hexdigest()[:16]
         cache = FilesCache(app.cache_dir() / repo.id / f"files-{client}-{job}-{key}")
         progress = BackupProgressLine(app)

@@ -78,7 +78,10 @@ def key_list(app: App) -> None:
         return
     for k in keys:
         mark = "*" if k.current else " "
-        app.result(f"{mark}{k.id[:8]}  {k.username:12} {k.hostname:16} {k.created}")
+        app.result(
+            f"{mark}{k.id[:8]}  {k.username:12} {k.hostname:16} {k.created}"
+            + ("  DAMAGED" if k.damaged else "")
+        )
 
 
 @key_command.command("remove")
