@@ -208,9 +208,7 @@ class Checker:
             path = prefix + b"/" + node.name
             if node.type == FILE:
                 for item in node.content:
-                    if isinstance(item, bytes) and (
-                        item[:16] in bad or not self.repo.has_blob(item)
-                    ):
+                    if isinstance(item, bytes) and not self._intact(item, bad):
                         paths.append(path.decode("utf-8", "replace"))
                         clean = False
                         break

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from strongroom.errors import IntegrityError
+from strongroom.repository.codec import decode
 from strongroom.repository.pack import PackEntry
 
 SLOT = struct.Struct("<16sIIII")
@@ -178,16 +179,20 @@ def encode_index(packs: dict[str, list[PackEntry]]) -> bytes:
 
 
 def decode_index(data: bytes, what: str) -> Iterator[tuple[str, PackEntry]]:
-    try:
-        doc = _decoder.decode(data)
-    except msgspec.DecodeError as e:
-        raise IntegrityError(f"{what}: malformed index ({e})") from None
+    doc = decode(_decoder, data, what, "index")
     if doc.version != 1:
         raise IntegrityError(f"{what}: unknown index version {doc.version}")
     for pack in doc.packs:
         if len(pack.id) != 64:
             raise IntegrityError(f"{what}: malformed pack id")
-        for fields in pack.blobs:
-            if len(fields[1]) != 32:
-                raise IntegrityError(f"{what}: malformed blob id")
-            yield pack.id, PackEntry(*fields)
+        for btype, bid, offset, length, raw_length, flags in pack.blobs:
+            if (
+                len(bid) != 32
+                or btype not in (0, 1)
+                or not 0 <= offset < 1 << 32
+                or not 0 < length < 1 << 32
+                or not 0 <= raw_length <= RAW_MASK
+                or not 0 <= flags < 16
+            ):
+                raise IntegrityError(f"{what}: malformed or out-of-range blob entry")
+            yield pack.id, PackEntry(btype, bid, offset, length, raw_length, flags)

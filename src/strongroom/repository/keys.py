@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from strongroom.errors import IntegrityError
+from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey
 
 
@@ -83,8 +84,8 @@ class KeyFile:
                 hostname=str(doc.get("hostname", "")),
                 username=str(doc.get("username", "")),
             )
-        except (ValueError, KeyError, TypeError) as e:
-            raise IntegrityError(f"{what}: malformed key file ({e})") from None
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+            raise IntegrityError(f"{what}: malformed key file ({type(e).__name__}: {e})") from None
 
 
 def _derive(password: bytes, salt: bytes, kdf: KdfParams) -> AESGCM:
@@ -119,10 +120,7 @@ def open_key_file(key_file: KeyFile, password: bytes) -> MasterKey | None:
         raw = aead.decrypt(key_file.data[:12], key_file.data[12:], b"strongroom key v1")
     except InvalidTag:
         return None
-    try:
-        doc = msgspec.msgpack.decode(raw, type=_MasterDoc)
-    except msgspec.DecodeError as e:
-        raise IntegrityError(f"key file contents malformed ({e})") from None
+    doc = decode_as(raw, _MasterDoc, "key file", "master key")
     if len(doc.encryption_key) != 32 or len(doc.id_key) != 32:
         raise IntegrityError("key file holds keys of the wrong size")
     return MasterKey(doc.encryption_key, doc.id_key, doc.chunker_seed)

@@ -24,6 +24,7 @@ from strongroom.errors import (
 )
 from strongroom.repository import crypto
 from strongroom.repository.chunker import Chunker, ChunkerParams
+from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey, PackCipher
 from strongroom.repository.index import BlobLocation, ChunkIndex, decode_index, encode_index
 from strongroom.repository.keys import KdfParams, KeyFile, make_key_file, open_key_file
@@ -168,12 +169,16 @@ class Repository:
         if not raw.startswith(CONFIG_MAGIC):
             raise IntegrityError("config: not a strongroom repository config (damaged?)")
         plain = crypto.unseal(master, b"config", raw[len(CONFIG_MAGIC) :], "config")
-        try:
-            config = msgspec.msgpack.decode(plain, type=RepoConfig)
-        except msgspec.DecodeError as e:
-            raise IntegrityError(f"config: malformed ({e})") from None
+        config = decode_as(plain, RepoConfig, "config", "config")
         if config.version != FORMAT_VERSION:
             raise IntegrityError(f"config: repository format {config.version} is not supported")
+        if not (
+            64 <= config.chunker_min <= config.chunker_avg <= config.chunker_max <= 16 << 20
+            and config.chunker_avg <= 4 << 20
+            and config.chunker_min <= 1 << 20
+            and -7 <= config.compression_level <= 22
+        ):
+            raise IntegrityError("config: chunker or compression parameters out of range")
         return config
 
     # --- keys -----------------------------------------------------------------------

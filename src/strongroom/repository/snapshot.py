@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from strongroom.errors import IntegrityError
+from strongroom.repository.codec import decode
 
 
 class Summary(msgspec.Struct, omit_defaults=True):
@@ -59,10 +60,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
 
 
 def decode_snapshot(data: bytes, snapshot_id: str) -> Snapshot:
-    try:
-        snap = _decoder.decode(data)
-    except msgspec.DecodeError as e:
-        raise IntegrityError(f"snapshot {snapshot_id[:8]}: malformed ({e})") from None
+    snap = decode(_decoder, data, f"snapshot {snapshot_id[:8]}", "snapshot")
     if len(snap.tree) != 32:
         raise IntegrityError(f"snapshot {snapshot_id[:8]}: malformed tree id")
     return msgspec.structs.replace(snap, id=snapshot_id)

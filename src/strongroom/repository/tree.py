@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from strongroom.errors import IntegrityError
+from strongroom.repository.codec import decode
 
 FILE = "file"
 DIR = "dir"
@@ -62,10 +63,7 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 
 def decode_tree(data: bytes, what: str) -> Tree:
-    try:
-        tree = _decoder.decode(data)
-    except msgspec.DecodeError as e:
-        raise IntegrityError(f"{what}: malformed tree ({e})") from None
+    tree = decode(_decoder, data, what, "tree")
     for node in tree.nodes:
         if node.type not in NODE_TYPES:
             raise IntegrityError(f"{what}: unknown node type {node.type!r}")
