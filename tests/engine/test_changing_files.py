@@ -44,6 +44,7 @@ def test_a_file_changed_while_read_is_flagged_and_read_again(tmp_path: Path) -> 
     src.mkdir()
     (src / "log").write_bytes(b"line\n" * 100_000)
     (src / "stable").write_bytes(b"x" * 1000)
+    os.utime(src / "stable", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     cache = tmp_path / "files-cache"
     repo = _repo(tmp_path)
 
@@ -64,6 +65,25 @@ def test_a_file_changed_while_read_is_flagged_and_read_again(tmp_path: Path) -> 
     node = find_node(repo, second.snapshot.tree, os.fsencode(src / "log"))
     assert node is not None and not node.changed
     assert node.size == (src / "log").stat().st_size
+
+
+def test_a_file_modified_just_before_it_is_read_is_read_again(tmp_path: Path) -> None:
+    """Timestamps move in ticks: a same-size rewrite in the tick after the read would
+    leave size, mtime and ctime unchanged, so a fresh mtime is never trusted to the
+    files cache: the next backup reads the file again even though nothing changed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fresh").write_bytes(b"version 1")
+    (src / "old").write_bytes(b"old")
+    os.utime(src / "old", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    cache = tmp_path / "files-cache"
+    repo = _repo(tmp_path)
+    for _ in range(2):
+        result = Archiver(repo, SystemClock(), FilesCache(cache)).backup(
+            BackupRequest(paths=[str(src)], client="c")
+        )
+    assert result.snapshot.summary.files_read == 1  # "fresh", again
+    assert result.snapshot.summary.files_unmodified == 1  # "old", from the cache
 
 
 def test_a_file_that_vanishes_before_it_is_read_is_named(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ COMMANDS = {
     "restore": "restore",
     "check": "check",
     "key": "key",
+    "config": "config",
     "help": "help",
 }
 VALUE_OPTIONS = {"--config", "--repo", "-r", "--catalog"}

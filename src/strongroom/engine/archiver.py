@@ -33,7 +33,9 @@ MAX_DIRS_WAITING = 64
 MAX_FILES_IN_FLIGHT = 64
 INDEX_CHECKPOINT_PACKS = 8
 INDEX_CHECKPOINT_SECONDS = 60.0
-READ_BLOCK = 4 * 1024 * 1024
+# Files modified this close to being read are not trusted to the files cache: file
+# timestamps move in ticks (a few ms on Linux, 2 s on FAT), as in git's "racy clean".
+RACY_WINDOW_NS = 2_000_000_000
 
 
 class ArchiveProgress(Protocol):
@@ -299,6 +301,7 @@ class Archiver:
         return future
 
     def _file(self, path: bytes, node: Node, st: os.stat_result, known: bool) -> Node | None:
+        read_start = self.clock.now_ns()
         try:
             fd = open_path(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
@@ -325,7 +328,9 @@ class Archiver:
         ) or node.size != after.st_size:
             node.changed = True
             self._warn(path, "changed while being read; stored as read, will be read again")
-        else:
+        elif after.st_mtime_ns < read_start - RACY_WINDOW_NS:
+            # A file modified just before we read it could be modified again within the
+            # same timestamp tick without its mtime moving: trust only older mtimes.
             self.files_cache.remember(path, after, node.content, node.xattrs)
         self._stats.add(
             files_new=0 if known else 1,

@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from strongroom.repository.tree import (
 )
 
 TEMP_PREFIX = b".strongroom-tmp-"
+MAX_FILES_IN_FLIGHT = 64
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -115,12 +117,12 @@ class Restorer:
         self._files: list[tuple[tuple[bytes, ...], Node]] = []
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-restore") as pool:
-                futures: list[Future[None]] = []
-                self._pool, self._futures = pool, futures
+                self._pool = pool
+                self._futures: deque[Future[None]] = deque()
                 try:
                     self._restore_tree(root_fd, (), snapshot.tree)
-                    for future in futures:
-                        future.result()
+                    while self._futures:
+                        self._futures.popleft().result()
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
                     self._close_thread_fds()
@@ -231,6 +233,9 @@ class Restorer:
                     self._deferred_links.append((parts, node, first))
                     return
                 self._hardlinks[key] = parts
+            # Bound the files queued ahead of the workers, and so the memory they hold.
+            while len(self._futures) >= MAX_FILES_IN_FLIGHT:
+                self._futures.popleft().result()
             self._futures.append(self._pool.submit(self._restore_file, parts, node))
             return
         try:
