@@ -1,11 +1,4 @@
-"""The fleet configuration: find, load and validate strongroom.toml; resolve each job.
-
-find_config(explicit, env) -> Path
-load_config(path) -> Config            raises ConfigError (exit 2), every issue listed
-Config.job(client, job_name=None) -> JobSpec
-Config.clients_in_group(group) -> list[str]
-RepositorySpec.password(env) -> bytes
-"""
+"""The fleet configuration: find, load and validate strongroom.toml, and resolve its jobs."""
 
 from __future__ import annotations
 

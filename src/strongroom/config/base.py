@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 from strongroom.config.names import quote
 from strongroom.config.units import Duration
@@ -29,8 +30,15 @@ def check_host(host: str) -> str:
     return host
 
 
+def relative_to_config(path: str, info: ValidationInfo) -> str:
+    """A relative path in a config file is taken from the file's directory."""
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    return path if base is None else str(Path(base, path))
+
+
 Text = Annotated[str, Field(min_length=1)]
 Command = Annotated[list[Text], Field(min_length=1)]
+ConfigPath = Annotated[Text, AfterValidator(relative_to_config)]
 AbsolutePath = Annotated[str, AfterValidator(check_absolute)]
 Host = Annotated[str, AfterValidator(check_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]

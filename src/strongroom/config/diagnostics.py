@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
 from strongroom.config.clients import ClientSpec, DefaultsSpec
 from strongroom.config.fleet import Config
@@ -92,7 +91,7 @@ def _child(node: object, part: int | str) -> object:
     return _ABSENT
 
 
-def describe(details: ErrorDetails, path: KeyPath) -> str:
+def describe(details: Mapping[str, Any], path: KeyPath) -> str:
     """What is wrong, in words that fit after the key path. Never echoes a string the
     user wrote unless the field is a fixed choice (it may be a secret)."""
     kind = details["type"]

@@ -75,11 +75,14 @@ class Config(ConfigModel):
                 ("clients", client),
                 f"has no default job (no sources of its own); choose one with --job: "
                 f"{', '.join(names)}",
+                at=("clients", client),
             )
         name = job_name or DEFAULT_JOB
         if name not in names:
             raise self.error(
-                ("clients", client, "jobs", name), f"no such job (jobs: {', '.join(names)})"
+                ("clients", client, "jobs", name),
+                f"no such job (jobs: {', '.join(names)})",
+                at=("clients", client),
             )
         return self._resolve(client, name)
 
@@ -123,12 +126,16 @@ class Config(ConfigModel):
 
     def issue(self, path: KeyPath, message: str) -> ConfigIssue:
         """A problem at ``path``, placed on the line that writes it (or encloses it)."""
-        line = self._lines.line_of(path) if self._lines is not None and path else None
-        return ConfigIssue(self._file, line, key_path(path), message)
+        return ConfigIssue(self._file, self._line_of(path), key_path(path), message)
 
-    def error(self, path: KeyPath, message: str) -> ConfigError:
-        """A lookup that failed: a client, job, group, repository or sink not defined."""
-        return ConfigError([self.issue(path, message)], hint=LOOKUP_HINT)
+    def error(self, path: KeyPath, message: str, *, at: KeyPath = ()) -> ConfigError:
+        """A lookup of ``path`` that failed: a client, job, group, repository or sink that
+        is not defined. The line is that of ``at``, if given: the file has no ``path``."""
+        issue = ConfigIssue(self._file, self._line_of(at), key_path(path), message)
+        return ConfigError([issue], hint=LOOKUP_HINT)
+
+    def _line_of(self, path: KeyPath) -> int | None:
+        return self._lines.line_of(path) if self._lines is not None and path else None
 
     # --- resolution -------------------------------------------------------------------
 

@@ -1,8 +1,4 @@
-"""Where each key of a TOML document is written: the line numbers tomllib does not give.
-
-The text has already been parsed by tomllib, so it is valid TOML; this scanner only
-follows table headers, keys, strings and brackets well enough to place each key.
-"""
+"""Where each key of a TOML document is written: the line numbers tomllib does not give."""
 
 from __future__ import annotations
 
@@ -33,7 +29,11 @@ class KeyLines:
 
 
 def index_lines(text: str) -> KeyLines:
-    """Scan ``text`` (valid TOML) for the line of every table header and key."""
+    """Scan ``text`` for the line of every table header and key.
+
+    ``text`` has already been parsed by tomllib, so it is valid TOML: the scanner only
+    follows headers, keys, strings and brackets well enough to place each key.
+    """
     scanner = _Scanner()
     for number, line in enumerate(text.splitlines(), start=1):
         try:

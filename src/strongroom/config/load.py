@@ -14,6 +14,7 @@ from strongroom.config.errors import ConfigError, ConfigIssue, ConfigNotFound
 from strongroom.config.fleet import Config
 from strongroom.config.lines import KeyLines, index_lines, key_path
 from strongroom.config.references import Problem, reference_problems
+from strongroom.config.units import FROM_FILE
 
 SYSTEM_CONFIG = Path("/etc/strongroom/strongroom.toml")
 LOCAL_CONFIG = Path("strongroom.toml")
@@ -85,9 +86,8 @@ def parse_config(
     lines = index_lines(text)
     problems = reference_problems(data)
     try:
-        config = Config.model_validate(
-            data, context={"file": file, "lines": lines, "base_dir": base_dir}
-        )
+        context = {FROM_FILE: True, "file": file, "lines": lines, "base_dir": base_dir}
+        config = Config.model_validate(data, context=context)
     except ValidationError as e:
         problems = schema_problems(e, data) + problems
     if problems:

@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import SecretStr, model_validator
 
-from strongroom.config.base import Command, ConfigModel, Text
+from strongroom.config.base import Command, ConfigModel, ConfigPath, Text
 from strongroom.errors import UsageError, WrongPasswordError
 
 PASSWORD_COMMAND_TIMEOUT = 120  # seconds; a fleet run must not hang on a prompt
@@ -27,16 +27,8 @@ class RepositorySpec(ConfigModel):
     the environment when neither is given)."""
 
     url: Text
-    password_file: Text | None = None
+    password_file: ConfigPath | None = None
     password_command: Command | None = None
-
-    @field_validator("password_file")
-    @classmethod
-    def _relative_to_config(cls, value: str | None, info: ValidationInfo) -> str | None:
-        base = (info.context or {}).get("base_dir")
-        if value is None or base is None:
-            return value
-        return str(Path(base, value))
 
     @model_validator(mode="after")
     def _one_password_source(self) -> RepositorySpec:

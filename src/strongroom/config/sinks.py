@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from strongroom.config.base import Command, ConfigModel, Host, Port, Text, Timeout
+from strongroom.config.base import Command, ConfigModel, ConfigPath, Host, Port, Text, Timeout
 from strongroom.config.names import EventName
 
 Facility = Literal[
@@ -58,7 +58,7 @@ class EmailSink(SinkBase):
     port: Port = 25
     starttls: bool = False
     username: Text | None = None
-    password_file: Text | None = None
+    password_file: ConfigPath | None = None
     timeout: Timeout = 30
 
 

@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationInfo
 
 from strongroom.config.names import quote
 
@@ -23,6 +23,7 @@ SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+FROM_FILE = "from_file"  # validation context key: the values come from a config file
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION = re.compile(r"(?:\d+[smhdw])+")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
@@ -64,12 +65,14 @@ def format_duration(seconds: int) -> str:
     return "".join(parts)
 
 
-def _duration_field(value: object) -> object:
+def _duration_field(value: object, info: ValidationInfo) -> object:
     if isinstance(value, str):
         return parse_duration(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    # In a file a bare number is ambiguous; in code it is seconds.
+    written = isinstance(info.context, dict) and info.context.get(FROM_FILE)
+    if written and isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f"invalid duration {value} (write it with a unit: 30s, 15m, 12h, 7d)")
-    return value  # strict validation then names the wrong type
+    return value  # strict validation then names a wrong type
 
 
 def _size_field(value: object) -> object:
