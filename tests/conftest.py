@@ -35,6 +35,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("STRONGROOM_INSECURE_TEST_KDF", "1")
     monkeypatch.setenv("STRONGROOM_PASSWORD", PASSWORD)
     monkeypatch.setenv("STRONGROOM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STRONGROOM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)  # no ./strongroom.toml from wherever pytest was started
     yield
 
 

@@ -23,9 +23,15 @@ from sqlalchemy.exc import IntegrityError
 
 from strongroom.catalog import migrate
 from strongroom.catalog import schema as t
-from strongroom.catalog.database import WRITE_OPTION, create_catalog_engine, with_retries
+from strongroom.catalog.database import (
+    WRITE_OPTION,
+    create_catalog_engine,
+    display_url,
+    with_retries,
+)
 from strongroom.catalog.errors import CatalogUnavailable
 from strongroom.catalog.patterns import Glob, parse_glob, prefix_upper_bound
+from strongroom.catalog.planner import unindexed
 from strongroom.catalog.records import (
     ClientRecord,
     FindHit,
@@ -63,13 +69,15 @@ class _Entry:
 class Catalog:
     """One open catalog database. Thread-safe: each call takes its own connection."""
 
-    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock | None = None, display_url: str | None = None
+    ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         # SQLite writers begin with BEGIN IMMEDIATE (see database.py); readers plainly.
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._clock: Clock = clock or SystemClock()
-        self._where = engine.url.render_as_string(hide_password=True)
+        self._where = display_url or engine.url.render_as_string(hide_password=True)
 
     @classmethod
     def open(
@@ -87,7 +95,7 @@ class Catalog:
         ``check_schema`` (for ``catalog migrate`` itself); CatalogUnavailable when the
         database cannot be reached; CatalogURLError for a URL it cannot use.
         """
-        catalog = cls(create_catalog_engine(url), clock=clock)
+        catalog = cls(create_catalog_engine(url), clock=clock, display_url=display_url(url))
         try:
             if auto_migrate:
                 catalog.migrate()
@@ -349,7 +357,7 @@ class Catalog:
         """Index a snapshot and its entries; False (and nothing changes) if already known.
 
         Each entry is compared with the previous snapshot of the same repository,
-        client and job: unchanged entries extend that snapshot's rows, others add rows.
+        client and job: unchanged entries cost nothing, changed ones add a row.
         """
         _aware(snapshot.time)
         index = _index_entries(entries)
@@ -381,7 +389,7 @@ class Catalog:
                     recorded_at=recorded_at,
                 )
             )
-            fresh = self._extend_unchanged(conn, lineage_id, seq, index)
+            fresh = self._close_changed(conn, lineage_id, seq, index)
             path_ids = self._path_ids(conn, fresh)
             if fresh:
                 conn.execute(
@@ -394,7 +402,7 @@ class Catalog:
                             "size": e.size,
                             "mtime_ns": e.mtime_ns,
                             "first_seq": seq,
-                            "last_seq": seq,
+                            "last_seq": t.OPEN,
                         }
                         for key, e in fresh.items()
                     ],
@@ -518,14 +526,19 @@ class Catalog:
                     s.c.seq <= v.c.last_seq,
                 ),
             )
-            .where(*self._pattern_conditions(pattern, ignore_case))
             .order_by(s.c.time.desc(), p.c.path, s.c.id)
             .limit(limit)
         )
+        conditions, narrow = self._pattern_conditions(pattern, ignore_case)
+        query = query.where(*conditions)
         if client is not None:
-            query = query.where(s.c.client == client)
+            if narrow:  # the name narrows best: the client only filters what it found
+                query = query.where(unindexed(s.c.client) == client)
+            else:  # a name no index serves: read only the client's rows
+                lineages = sa.select(t.lineages.c.id).where(t.lineages.c.client == client)
+                query = query.where(s.c.client == client, v.c.lineage_id.in_(lineages))
         if since is not None:
-            query = query.where(s.c.time >= _aware(since))
+            query = query.where(unindexed(s.c.time) >= _aware(since))
 
         def read(conn: Connection) -> list[FindHit]:
             return [
@@ -662,35 +675,41 @@ class Catalog:
         ).one()
         return int(row.id), int(row.last_seq)
 
-    def _extend_unchanged(
+    def _close_changed(
         self, conn: Connection, lineage_id: int, seq: int, index: dict[bytes, _Entry]
     ) -> dict[bytes, _Entry]:
-        """Extend the rows of entries unchanged since snapshot ``seq - 1`` to ``seq``;
-        returns the entries that need rows of their own."""
+        """Close the open rows of entries changed or gone since the lineage's previous
+        snapshot (they end at ``seq - 1``); returns the entries that need new rows.
+
+        Unchanged entries cost nothing: their rows are open and so already cover ``seq``.
+        """
         v, p = t.path_versions, t.paths
-        previous = conn.execute(
+        open_rows = conn.execute(
             sa.select(v.c.id, p.c.path_hash, v.c.type, v.c.size, v.c.mtime_ns)
             .join_from(v, p, v.c.path_id == p.c.id)
-            .where(v.c.lineage_id == lineage_id, v.c.last_seq == seq - 1)
+            .where(v.c.lineage_id == lineage_id, v.c.last_seq == t.OPEN)
         )
         fresh = dict(index)
-        unchanged: list[int] = []
-        for row in previous:
-            key = bytes(row.path_hash)
+        changed: list[int] = []
+        for row_id, path_hash, kind, size, mtime_ns in open_rows.all():
+            key = bytes(path_hash)
             entry = fresh.get(key)
             if (
                 entry is not None
-                and entry.type == row.type
-                and entry.size == row.size
-                and entry.mtime_ns == row.mtime_ns
+                and entry.type == kind
+                and entry.size == size
+                and entry.mtime_ns == mtime_ns
             ):
-                unchanged.append(row.id)
                 del fresh[key]
-        extend = (
-            sa.update(v).where(v.c.id.in_(sa.bindparam("ids", expanding=True))).values(last_seq=seq)
+            else:
+                changed.append(row_id)
+        close = (
+            sa.update(v)
+            .where(v.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(last_seq=seq - 1)
         )
-        for ids in _chunks(unchanged):
-            conn.execute(extend, {"ids": ids})
+        for ids in _chunks(changed):
+            conn.execute(close, {"ids": ids})
         return fresh
 
     def _path_ids(self, conn: Connection, entries: dict[bytes, _Entry]) -> dict[bytes, int]:
@@ -721,7 +740,10 @@ class Catalog:
                 ids.update((bytes(h), i) for h, i in conn.execute(lookup, {"hashes": chunk}))
         return ids
 
-    def _pattern_conditions(self, pattern: str, ignore_case: bool) -> list[sa.ColumnElement[bool]]:
+    def _pattern_conditions(
+        self, pattern: str, ignore_case: bool
+    ) -> tuple[list[sa.ColumnElement[bool]], bool]:
+        """The conditions on ``paths`` for a pattern, and whether an index serves them."""
         p = t.paths
         glob = parse_glob(pattern)
         if "/" in pattern:
@@ -737,23 +759,25 @@ class Catalog:
                 conditions.append(self._glob_match(sa.func.lower(p.c.path), glob.lower()))
             else:
                 conditions.append(self._glob_match(p.c.path, glob))
-            return conditions
-        folded = glob.lower()
-        if folded.literal is not None:
-            conditions = [p.c.name_lc == folded.literal]
-        else:
-            conditions = [self._glob_match(p.c.name_lc, folded)]
-            if folded.prefix:  # a range the index can serve before the match runs
-                conditions.append(p.c.name_lc >= folded.prefix)
-                upper = prefix_upper_bound(folded.prefix)
-                if upper is not None:
-                    conditions.append(p.c.name_lc < upper)
-        if not ignore_case:
+            return conditions, name is not None or glob.literal is not None
+        # name_lc carries the index for both cases: equal names have equal lowercase
+        # names, and a name starting with P starts, lowercased, with P lowercased.
+        if glob.literal is not None:
             literal = glob.literal
-            conditions.append(
-                p.c.name == literal if literal is not None else self._glob_match(p.c.name, glob)
-            )
-        return conditions
+            if ignore_case:
+                return [p.c.name_lc == literal.lower()], True
+            return [p.c.name_lc == literal.lower(), p.c.name == literal], True
+        if ignore_case:
+            conditions = [self._glob_match(p.c.name_lc, glob.lower())]
+        else:
+            conditions = [self._glob_match(p.c.name, glob)]
+        prefix = glob.prefix.lower()
+        if prefix:
+            conditions.append(p.c.name_lc >= prefix)
+            upper = prefix_upper_bound(prefix)
+            if upper is not None:
+                conditions.append(p.c.name_lc < upper)
+        return conditions, bool(prefix)
 
     def _glob_match(self, column: sa.ColumnElement[str], glob: Glob) -> sa.ColumnElement[bool]:
         if self._dialect == "postgresql":
@@ -769,7 +793,8 @@ def ns_to_datetime(ns: int) -> datetime:
 
 
 def datetime_to_ns(value: datetime) -> int:
-    return (_aware(value) - EPOCH) // timedelta(microseconds=1) * 1000
+    delta = _aware(value) - EPOCH
+    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
 
 def _aware(value: datetime) -> datetime:
@@ -781,6 +806,8 @@ def _aware(value: datetime) -> datetime:
 def _storable(text: str) -> str:
     """Text both databases accept: non-UTF-8 bytes (surrogate escapes) and NUL become
     backslash escapes, so an odd file name is indexed rather than refused."""
+    if text.isascii():
+        return text.replace("\x00", "\\x00") if "\x00" in text else text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -48,6 +48,11 @@ def parse_url(url: str) -> URL:
     raise CatalogURLError(f"catalog {url!r}: unsupported database {backend!r}")
 
 
+def display_url(url: str) -> str:
+    """The URL as the user wrote it, with any password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def create_catalog_engine(url: str) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-from strongroom.catalog.errors import MIGRATE_HINT, CatalogSchemaError
+from strongroom.catalog.errors import CatalogSchemaError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant will do: it only has to be the same for every strongroom process.
@@ -57,10 +57,10 @@ def check_revision(revision: str | None, where: str) -> None:
     if revision == head:
         return
     if revision is None:
-        raise CatalogSchemaError(f"catalog {where} has no schema yet; {MIGRATE_HINT}")
+        raise CatalogSchemaError(f"catalog {where} has no schema yet (never migrated)")
     if _is_known(revision):
         raise CatalogSchemaError(
-            f"catalog {where} has schema {revision}, this strongroom needs {head}; {MIGRATE_HINT}"
+            f"catalog {where} has schema {revision}, older than the {head} this strongroom needs"
         )
     raise CatalogSchemaError(
         f"catalog {where} has schema {revision}, newer than this strongroom knows ({head})",

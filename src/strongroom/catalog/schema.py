@@ -4,8 +4,9 @@ The path index stores each path once (``paths``) and each version of an entry on
 *lineage* — the snapshots of one repository, client and job, numbered 1, 2, 3, ... in
 the order they were recorded. A ``path_versions`` row says "this path, with this type,
 size and mtime, is in every recorded snapshot of the lineage from ``first_seq`` to
-``last_seq``". A nightly snapshot that changes 10% of the files adds 10% new rows and
-extends the rest, instead of adding a row per file.
+``last_seq``"; ``last_seq`` is ``OPEN`` while the entry is in the lineage's newest
+snapshot. A nightly snapshot that changes 10% of the files closes 10% of the rows and
+adds as many, instead of adding a row per file; unchanged files cost nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("running", "succeeded", "warning", "failed")
-DELIVERY_STATES = ("pending", "delivered", "failed")
+# last_seq of a row whose entry is still in the lineage's newest snapshot.
+OPEN = 2**31 - 1
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -8,11 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,10 @@ from strongroom.clock import Clock, SystemClock
 from strongroom.errors import IntegrityError, UsageError, WrongPasswordError
 from strongroom.repository import TEST_KDF, KdfParams, Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
+
+if TYPE_CHECKING:
+    from strongroom.catalog import Catalog
+    from strongroom.config import Config
 
 
 @dataclass
@@ -73,6 +77,17 @@ class App:
             )
         return url
 
+    def repository_target(self) -> tuple[str, Callable[[], bytes]]:
+        """The URL and password source for --repo: a configured repository's name (or
+        URL) takes its password from the config; anything else is a URL or path."""
+        given = self.require_repo_url()
+        config = self.load_config_if_any()
+        if config is not None:
+            for name, spec in config.repositories.items():
+                if given in (name, spec.url):
+                    return spec.url, lambda: spec.password(os.environ)
+        return given, self.password
+
     def password(self, *, confirm: bool = False) -> bytes:
         """The repository password from the environment, a file, a command, or a prompt."""
         if (value := os.environ.get("STRONGROOM_PASSWORD")) is not None:
@@ -110,9 +125,10 @@ class App:
         self, *, load_index: bool = True, lock: str | None = "shared", purpose: str = ""
     ) -> Iterator[Repository]:
         """Open, unlock and (by default) share-lock the repository for one command."""
-        backend = open_backend(self.require_repo_url())
+        url, password = self.repository_target()
+        backend = open_backend(url)
         try:
-            repo = Repository.open(backend, self.password())
+            repo = Repository.open(backend, password())
             holder = None
             if lock is not None:
                 holder = RepositoryLock(
@@ -135,6 +151,54 @@ class App:
                     holder.release()
         finally:
             backend.close()
+
+    def use_catalog(self) -> bool:
+        """Browse the fleet's catalog rather than one repository: when no repository is
+        named and a catalog is (a config file, --catalog or STRONGROOM_CATALOG)."""
+        if self.repo_url or os.environ.get("STRONGROOM_REPOSITORY"):
+            return False
+        return bool(
+            self.catalog
+            or os.environ.get("STRONGROOM_CATALOG")
+            or self.load_config_if_any() is not None
+        )
+
+    def load_config_if_any(self) -> Config | None:
+        from strongroom.config import ConfigNotFound
+
+        try:
+            return self.load_config()
+        except ConfigNotFound:
+            return None
+
+    def load_config(self) -> Config:
+        """The fleet config: --config, STRONGROOM_CONFIG, ./strongroom.toml, /etc/strongroom."""
+        from strongroom.config import find_config, load_config
+
+        return load_config(find_config(self.config, os.environ))
+
+    def state_dir(self) -> Path:
+        from strongroom.jobs.run import default_state_dir
+
+        return default_state_dir(os.environ)
+
+    def catalog_url(self, config: Config | None) -> str:
+        """--catalog, STRONGROOM_CATALOG, the config's [catalog], or SQLite in the state dir."""
+        if self.catalog:
+            return self.catalog
+        if url := os.environ.get("STRONGROOM_CATALOG"):
+            return url
+        if config is not None and config.catalog is not None:
+            return config.catalog.url.get_secret_value()
+        return f"sqlite:///{self.state_dir() / 'catalog.db'}"
+
+    def open_catalog(self, config: Config | None = None) -> Catalog:
+        from strongroom.catalog import Catalog
+
+        url = self.catalog_url(config)
+        # The embedded SQLite default migrates itself; a shared PostgreSQL is migrated
+        # on purpose, with `strongroom catalog migrate`.
+        return Catalog.open(url, auto_migrate=url.startswith("sqlite:"), clock=self.clock)
 
     def cache_dir(self) -> Path:
         if path := os.environ.get("STRONGROOM_CACHE_DIR"):

@@ -34,6 +34,10 @@ COMMANDS = {
     "key": "key",
     "config": "config",
     "help": "help",
+    "run": "run",
+    "status": "status",
+    "report": "report",
+    "catalog": "catalog",
 }
 VALUE_OPTIONS = {"--config", "--repo", "-r", "--catalog"}
 FLAG_OPTIONS = {"--json", "-q", "--quiet", "-v", "--verbose", "--no-progress"}

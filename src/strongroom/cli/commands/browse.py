@@ -97,10 +97,14 @@ def ls_command(
 @click.option("--since", help="Only snapshots since this time (ISO 8601).")
 @pass_app
 def find_command(app: App, pattern: str, client: str | None, since: str | None) -> None:
-    """Find files by name or path glob across snapshots."""
+    """Find files by name or path glob across snapshots (the catalog's path index when
+    no --repo is given: the whole fleet, fast)."""
     from strongroom.cli.commands.backup import parse_time
 
     since_ns = parse_time(since) if since else 0
+    if app.use_catalog():
+        _find_in_catalog(app, pattern, client, since_ns)
+        return
     pat = os.fsencode(pattern)
     matches: list[dict[str, Any]] = []
     with app.open_repository(lock=None) as repo:
@@ -124,6 +128,40 @@ def find_command(app: App, pattern: str, client: str | None, since: str | None) 
     if app.json:
         app.emit_json(matches)
     elif not matches:
+        app.info("no matches")
+
+
+def _find_in_catalog(app: App, pattern: str, client: str | None, since_ns: int) -> None:
+    catalog = app.open_catalog(app.load_config_if_any())
+    try:
+        since = datetime.fromtimestamp(since_ns / 1e9, UTC) if since_ns else None
+        hits = catalog.find(pattern, client=client, since=since)
+    finally:
+        catalog.close()
+    if app.json:
+        app.emit_json(
+            [
+                {
+                    "snapshot": h.snapshot_id,
+                    "short_id": h.snapshot_id[:8],
+                    "repository": h.repository,
+                    "client": h.client,
+                    "job": h.job,
+                    "time": h.time.isoformat(),
+                    "path": h.path,
+                    "type": h.type,
+                    "size": h.size,
+                }
+                for h in hits
+            ]
+        )
+        return
+    for h in hits:
+        app.result(
+            f"{h.snapshot_id[:8]} {h.client:12} {h.time:%Y-%m-%d %H:%M} {h.type:7} "
+            f"{h.size:>12}  {h.path}"
+        )
+    if not hits:
         app.info("no matches")
 
 

@@ -1,0 +1,116 @@
+"""`strongroom run`: run configured jobs, one command per client for the scheduler."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.config import parse_duration
+from strongroom.errors import UsageError
+from strongroom.jobs.run import Director, RunOutcome, worst_exit_code
+
+
+@click.command("run")
+@click.argument("clients", nargs=-1)
+@click.option("--group", "group", help="Every client in this group.")
+@click.option("--all", "all_clients", is_flag=True, help="Every configured client.")
+@click.option("--job", help="Run this job instead of each client's default job.")
+@click.option(
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Run this many clients at once.",
+)
+@click.option(
+    "--wait",
+    "wait",
+    metavar="DURATION",
+    help="If the job is already running, wait this long for it (default: exit 11).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would run; change nothing.")
+@pass_app
+def run_command(
+    app: App,
+    clients: tuple[str, ...],
+    group: str | None,
+    all_clients: bool,
+    job: str | None,
+    parallel: int,
+    wait: str | None,
+    dry_run: bool,
+) -> int:
+    """Run configured jobs: backup, catalog records. Exits with the worst code of all runs."""
+    if sum(bool(x) for x in (clients, group, all_clients)) != 1:
+        raise UsageError("name clients, or give --group G, or --all (exactly one of these)")
+    config = app.load_config()
+    if all_clients:
+        names = sorted(config.clients)
+    elif group:
+        names = config.clients_in_group(group)
+    else:
+        names = list(clients)
+    specs = [config.job(name, job) for name in names]  # unknown names fail here, exit 2
+    wait_s = float(parse_duration(wait)) if wait else 0.0
+    if dry_run:
+        for spec in specs:
+            line = (
+                f"would run {spec.client}/{spec.name} via {spec.transport} "
+                f"({', '.join(spec.sources)}) into {spec.repository}"
+            )
+            app.result(line)
+            app.json_line(
+                "plan",
+                client=spec.client,
+                job=spec.name,
+                transport=spec.transport,
+                sources=list(spec.sources),
+                repository=spec.repository,
+            )
+        return 0
+    catalog = app.open_catalog(config)
+    try:
+        director = Director(
+            config, catalog, app.clock, app.state_dir(), app.cache_dir(), dict(os.environ)
+        )
+
+        def one(spec_client: str, spec_job: str) -> RunOutcome:
+            outcome = director.run(spec_client, spec_job, wait_s=wait_s)
+            _report(app, outcome)
+            return outcome
+
+        with ThreadPoolExecutor(parallel, thread_name_prefix="strongroom-run") as pool:
+            outcomes = list(pool.map(one, [s.client for s in specs], [s.name for s in specs]))
+    finally:
+        catalog.close()
+    code = worst_exit_code([o.exit_code for o in outcomes])
+    if len(outcomes) > 1 and not app.json:
+        failed = [o for o in outcomes if o.exit_code not in (0, 3)]
+        app.result(
+            f"{len(outcomes)} runs: {len(outcomes) - len(failed)} ok, "
+            f"{len(failed)} failed; exit code {code}"
+        )
+    return code
+
+
+def _report(app: App, outcome: RunOutcome) -> None:
+    if app.json:
+        app.emit_json(outcome.as_json())
+        return
+    for w in outcome.warnings[:20]:
+        app.warn(f"{outcome.client}: {w}")
+    if outcome.snapshot_id:
+        s = outcome.summary
+        app.result(
+            f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}, "
+            f"snapshot {outcome.snapshot_id[:8]}, {s.get('files', 0)} files, "
+            f"{s.get('bytes_new', 0)} bytes new, {s.get('duration_s', 0)}s"
+        )
+    else:
+        app.result(
+            f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}: "
+            f"{outcome.message}"
+        )

@@ -1,0 +1,1 @@
+"""Jobs: turns config and catalog state into runs (locks, backup, catalog records)."""

@@ -1,0 +1,236 @@
+"""One run of one job: lock, catalog record, backup, path index, outcome.
+
+A run never raises for an ordinary failure: it returns an outcome carrying the exit
+code, so `strongroom run` over many clients reports each and exits with the worst.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from strongroom import __version__
+from strongroom.backend import open_backend
+from strongroom.catalog import Catalog, PathEntry, RunCounters, RunStatus, SnapshotRecord
+from strongroom.clock import Clock
+from strongroom.config import Config, JobSpec
+from strongroom.engine.archiver import Archiver, BackupRequest
+from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.walk import walk
+from strongroom.errors import (
+    EXIT_FATAL,
+    EXIT_SUCCESS,
+    EXIT_WARNINGS,
+    StrongroomError,
+    UsageError,
+)
+from strongroom.jobs.locks import JobLock
+from strongroom.repository import Repository, Snapshot
+from strongroom.repository.locks import RepositoryLock
+
+# `run` over several clients exits with the worst code, in this order (SPEC.md).
+PRECEDENCE = (1, 13, 10, 12, 11, 20, 21, 22, 3, 0)
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    if not codes:
+        return EXIT_SUCCESS
+    rank = {code: i for i, code in enumerate(PRECEDENCE)}
+    return min(codes, key=lambda c: rank.get(c, 0))
+
+
+@dataclass
+class RunOutcome:
+    client: str
+    job: str
+    exit_code: int
+    status: str
+    run_id: str | None = None
+    snapshot_id: str | None = None
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": "summary",
+            "client": self.client,
+            "job": self.job,
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "snapshot_id": self.snapshot_id,
+            "message": self.message,
+            "warnings": len(self.warnings),
+            **self.summary,
+        }
+
+
+@dataclass
+class Director:
+    """What every run on this director shares."""
+
+    config: Config
+    catalog: Catalog
+    clock: Clock
+    state_dir: Path
+    cache_dir: Path
+    env: Mapping[str, str]
+    hostname: str = field(default_factory=socket.gethostname)
+
+    def run(self, client: str, job: str | None = None, *, wait_s: float = 0.0) -> RunOutcome:
+        """Run one job; StrongroomErrors become the outcome's exit code."""
+        spec = self.config.job(client, job)
+        try:
+            lock = JobLock(self.state_dir, spec.client, spec.name, self.clock).acquire(wait_s)
+        except StrongroomError as e:
+            return RunOutcome(spec.client, spec.name, e.exit_code, "locked", message=str(e))
+        with lock:
+            return self._run_locked(spec)
+
+    def _run_locked(self, spec: JobSpec) -> RunOutcome:
+        self.catalog.upsert_client(spec.client, host=spec.host)
+        run_id = self.catalog.start_run(spec.client, spec.name, director=self.hostname)
+        outcome = RunOutcome(spec.client, spec.name, EXIT_FATAL, "failed", run_id)
+        try:
+            self._backup(spec, outcome)
+        except StrongroomError as e:
+            outcome.exit_code, outcome.status = e.exit_code, "failed"
+            outcome.message = str(e) + (f" ({e.hint})" if e.hint else "")
+        except Exception as e:  # a bug: record it, never lose the run
+            outcome.exit_code, outcome.status = EXIT_FATAL, "failed"
+            outcome.message = f"internal error: {type(e).__name__}: {e}"
+            outcome.warnings.append(traceback.format_exc())
+        status = {"succeeded": RunStatus.SUCCEEDED, "warning": RunStatus.WARNING}.get(
+            outcome.status, RunStatus.FAILED
+        )
+        self.catalog.finish_run(
+            run_id,
+            status,
+            exit_code=outcome.exit_code,
+            counters=RunCounters(
+                bytes_read=int(outcome.summary.get("bytes_read", 0)),
+                bytes_new=int(outcome.summary.get("bytes_new", 0)),
+                bytes_stored=int(outcome.summary.get("bytes_stored", 0)),
+                files=int(outcome.summary.get("files", 0)),
+                warnings=len(outcome.warnings),
+            ),
+            snapshot_id=outcome.snapshot_id,
+            message=outcome.message or None,
+            log="\n".join(outcome.warnings) or None,
+        )
+        return outcome
+
+    def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
+        if spec.transport != "local":
+            raise UsageError(
+                f"client {spec.client}: transport {spec.transport!r} needs the SSH agent, "
+                'which this version does not have yet; use transport = "local" for the '
+                "director itself"
+            )
+        if not spec.sources:
+            raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
+        repo_spec = self.config.repository(spec.repository)
+        backend = open_backend(repo_spec.url)
+        try:
+            repo = Repository.open(backend, repo_spec.password(self.env))
+            lock = RepositoryLock(
+                backend,
+                self.clock,
+                exclusive=False,
+                hostname=self.hostname,
+                purpose=f"run {spec.client}/{spec.name}",
+            ).acquire()
+            lock.start_refreshing()
+            try:
+                repo.load_index()
+                snapshot, warnings = self._archive(repo, spec, lock)
+            finally:
+                lock.release()
+            self._index_snapshot(repo, spec.repository, snapshot)
+        finally:
+            backend.close()
+        s = snapshot.summary
+        outcome.snapshot_id = snapshot.id
+        outcome.warnings = warnings
+        outcome.exit_code = EXIT_WARNINGS if warnings else EXIT_SUCCESS
+        outcome.status = "warning" if warnings else "succeeded"
+        outcome.summary = {
+            "files": s.files_new + s.files_changed + s.files_unmodified,
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "bytes_read": s.bytes_read,
+            "bytes_new": s.bytes_new,
+            "bytes_stored": s.bytes_stored,
+            "duration_s": s.duration_s,
+        }
+
+    def _archive(
+        self, repo: Repository, spec: JobSpec, lock: RepositoryLock
+    ) -> tuple[Snapshot, list[str]]:
+        cache = FilesCache(self.cache_dir / repo.id / f"files-{spec.client}-{spec.name}")
+        result = Archiver(repo, self.clock, cache, before_commit=lock.ensure_valid).backup(
+            BackupRequest(
+                paths=list(spec.sources),
+                client=spec.client,
+                job=spec.name,
+                tags=list(spec.tags),
+                excludes=list(spec.exclude),
+                hostname=spec.host,
+                username=getpass.getuser(),
+                program_version=f"strongroom {__version__}",
+            )
+        )
+        warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
+        return result.snapshot, warnings
+
+    def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:
+        """Record the snapshot and its paths in the catalog, for `find` across the fleet."""
+        self.catalog.record_snapshot(
+            snapshot_record(repo_name, snapshot), path_entries(repo, snapshot)
+        )
+
+
+def snapshot_record(repo_name: str, snapshot: Snapshot) -> SnapshotRecord:
+    return SnapshotRecord(
+        id=snapshot.id,
+        repository=repo_name,
+        client=snapshot.client,
+        job=snapshot.job,
+        time=datetime.fromtimestamp(snapshot.time_ns / 1e9, UTC),
+        tree=snapshot.tree.hex(),
+        paths=list(snapshot.paths),
+        tags=list(snapshot.tags),
+        summary={k: getattr(snapshot.summary, k) for k in snapshot.summary.__struct_fields__},
+        hostname=snapshot.hostname,
+        time_ns=snapshot.time_ns,
+    )
+
+
+def path_entries(repo: Repository, snapshot: Snapshot) -> list[PathEntry]:
+    return [
+        PathEntry(
+            path=path.decode("utf-8", "backslashreplace"),
+            type=node.type,
+            size=node.size,
+            mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),
+        )
+        for path, node in walk(repo, snapshot.tree)
+    ]
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if path := env.get("STRONGROOM_STATE_DIR"):
+        return Path(path)
+    if os.geteuid() == 0:
+        return Path("/var/lib/strongroom")
+    base = env.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "strongroom"
