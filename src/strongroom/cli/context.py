@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -85,7 +86,7 @@ class App:
         if config is not None:
             for name, spec in config.repositories.items():
                 if given in (name, spec.url):
-                    return spec.url, lambda: spec.password(os.environ)
+                    return spec.url, functools.partial(spec.password, os.environ)
         return given, self.password
 
     def password(self, *, confirm: bool = False) -> bytes:
