@@ -1,0 +1,208 @@
+"""The chunk index: a compact open-addressing table, and index files on storage."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+
+from strongroom.errors import IntegrityError
+from strongroom.repository.index import (
+    ChunkIndex,
+    IndexFile,
+    IndexPack,
+    decode_index,
+    encode_index,
+)
+from strongroom.repository.pack import DATA, TREE, PackEntry
+
+N = 100_000
+BYTES_PER_ENTRY = 50
+
+
+def make_ids(n: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(32) for _ in range(n)]
+
+
+def pack_ids(n: int) -> list[str]:
+    rng = random.Random(99)
+    return [rng.randbytes(32).hex() for _ in range(n)]
+
+
+def entry(bid: bytes, i: int) -> PackEntry:
+    return PackEntry(
+        type=TREE if i % 7 == 0 else DATA,
+        id=bid,
+        offset=36 + i * 3,
+        length=1000 + i % 5000,
+        raw_length=(i * 31) % (4 << 20),
+        flags=i % 2,
+    )
+
+
+@pytest.fixture(scope="module")
+def ids() -> list[bytes]:
+    return make_ids(N)
+
+
+@pytest.fixture(scope="module")
+def filled(ids: list[bytes]) -> ChunkIndex:
+    """100k entries added to a default-sized index: it grows many times."""
+    packs = pack_ids(300)
+    index = ChunkIndex()
+    for i, bid in enumerate(ids):
+        index.add(packs[i % len(packs)], entry(bid, i))
+    return index
+
+
+def test_every_entry_is_found_after_growth(filled: ChunkIndex, ids: list[bytes]) -> None:
+    packs = pack_ids(300)
+    assert len(filled) == N
+    for i, bid in enumerate(ids):
+        loc = filled.get(bid)
+        assert loc is not None, i
+        e = entry(bid, i)
+        assert (loc.pack_id, loc.type, loc.offset, loc.length, loc.raw_length, loc.flags) == (
+            packs[i % len(packs)],
+            e.type,
+            e.offset,
+            e.length,
+            e.raw_length,
+            e.flags,
+        )
+        assert loc.entry(bid) == e
+        assert bid in filled
+
+
+def test_absent_ids_are_not_found(filled: ChunkIndex) -> None:
+    for bid in make_ids(2000, seed=8):
+        assert filled.get(bid) is None
+        assert bid not in filled
+
+
+def test_memory_per_entry_when_sized_for_its_contents(ids: list[bytes]) -> None:
+    """Sized up front, as load_index does from the index files' total size."""
+    packs = pack_ids(300)
+    index = ChunkIndex(N)
+    for i, bid in enumerate(ids):
+        index.add(packs[i % len(packs)], entry(bid, i))
+    assert len(index) == N
+    assert index.memory_bytes / len(index) < BYTES_PER_ENTRY
+
+
+def test_memory_per_entry_stays_under_the_budget_while_growing(ids: list[bytes]) -> None:
+    """A backup adds to the index as it goes: every size along the way keeps the budget.
+
+    Measured from 10k entries on (below that the per-pack overhead dominates).
+    """
+    packs = pack_ids(300)
+    index = ChunkIndex()
+    worst = 0.0
+    for i, bid in enumerate(ids):
+        index.add(packs[i % len(packs)], entry(bid, i))
+        if i + 1 >= 10_000 and (i + 1) % 1000 == 0:
+            worst = max(worst, index.memory_bytes / len(index))
+    assert index.memory_bytes / len(index) < BYTES_PER_ENTRY
+    assert worst < BYTES_PER_ENTRY
+
+
+def test_add_keeps_the_first_copy_unless_replace() -> None:
+    index = ChunkIndex()
+    bid = bytes(range(1, 33))
+    index.add("a" * 64, PackEntry(DATA, bid, 100, 10, 5, 0))
+    index.add("b" * 64, PackEntry(DATA, bid, 200, 20, 5, 0))
+    loc = index.get(bid)
+    assert loc is not None and loc.pack_id == "a" * 64 and loc.offset == 100
+    index.add("c" * 64, PackEntry(DATA, bid, 300, 30, 5, 1), replace=True)
+    loc = index.get(bid)
+    assert loc is not None and (loc.pack_id, loc.offset, loc.length, loc.flags) == (
+        "c" * 64,
+        300,
+        30,
+        1,
+    )
+    assert len(index) == 1
+
+
+def test_replace_many_during_growth(ids: list[bytes]) -> None:
+    index = ChunkIndex(16)
+    subset = ids[:5000]
+    for i, bid in enumerate(subset):
+        index.add("a" * 64, entry(bid, i))
+    for i, bid in enumerate(subset):
+        index.add("b" * 64, entry(bid, i + 1), replace=True)
+    assert len(index) == len(subset)
+    for i, bid in enumerate(subset):
+        loc = index.get(bid)
+        assert (
+            loc is not None and loc.pack_id == "b" * 64 and loc.offset == entry(bid, i + 1).offset
+        )
+
+
+def test_ids_sharing_a_probe_start_do_not_collide() -> None:
+    """Ids whose first 8 bytes are equal land in the same slot first: linear probing."""
+    index = ChunkIndex(16)
+    ids = [b"\x01" * 8 + bytes([i]) * 24 for i in range(1, 12)]
+    for i, bid in enumerate(ids):
+        index.add("p" * 64, PackEntry(DATA, bid, i, 1, 1, 0))
+    for i, bid in enumerate(ids):
+        loc = index.get(bid)
+        assert loc is not None and loc.offset == i
+
+
+def test_out_of_range_entries_are_refused() -> None:
+    index = ChunkIndex()
+    bid = bytes(range(1, 33))
+    for bad in (
+        PackEntry(DATA, bid, 0, 1, 1 << 24, 0),
+        PackEntry(16, bid, 0, 1, 1, 0),
+        PackEntry(DATA, bid, 0, 1, 1, 16),
+    ):
+        with pytest.raises(IntegrityError):
+            index.add("p" * 64, bad)
+    assert len(index) == 0 and index.get(bid) is None
+
+
+def test_by_pack_groups_every_entry(filled: ChunkIndex, ids: list[bytes]) -> None:
+    groups = filled.by_pack()
+    assert sum(len(v) for v in groups.values()) == N
+    assert set(groups) == set(pack_ids(300))
+    prefixes = {key for v in groups.values() for key, _ in v}
+    assert prefixes == {bid[:16] for bid in ids}
+
+
+# --- index files ------------------------------------------------------------------------
+
+
+def test_index_file_round_trip(ids: list[bytes]) -> None:
+    packs = pack_ids(20)
+    doc = {
+        p: [entry(bid, i) for i, bid in enumerate(ids[k * 50 : k * 50 + 50])]
+        for k, p in enumerate(packs)
+    }
+    decoded = list(decode_index(encode_index(doc), "index test"))
+    assert decoded == [(p, e) for p, entries in doc.items() for e in entries]
+
+
+def test_empty_index_file_round_trip() -> None:
+    assert list(decode_index(encode_index({}), "index test")) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff\xfe garbage",
+        msgspec.msgpack.encode({"version": 2, "packs": []}),
+        msgspec.msgpack.encode(IndexFile(1, [IndexPack("short", [])])),
+        msgspec.msgpack.encode(IndexFile(1, [IndexPack("a" * 64, [(0, b"short", 0, 1, 1, 0)])])),
+        msgspec.msgpack.encode({"version": 1, "packs": [["a" * 64, [[0, "str", 0, 1, 1, 0]]]]}),
+    ],
+    ids=["empty", "garbage", "version", "pack-id", "blob-id", "blob-id-type"],
+)
+def test_malformed_index_files_raise_integrity_error(raw: bytes) -> None:
+    with pytest.raises(IntegrityError) as info:
+        list(decode_index(raw, "index abcd"))
+    assert "index abcd" in str(info.value)
