@@ -26,7 +26,7 @@ from strongroom.catalog import schema as t
 from strongroom.catalog.database import (
     WRITE_OPTION,
     create_catalog_engine,
-    display_url,
+    redacted_url,
     with_retries,
 )
 from strongroom.catalog.errors import CatalogUnavailable
@@ -95,7 +95,7 @@ class Catalog:
         ``check_schema`` (for ``catalog migrate`` itself); CatalogUnavailable when the
         database cannot be reached; CatalogURLError for a URL it cannot use.
         """
-        catalog = cls(create_catalog_engine(url), clock=clock, display_url=display_url(url))
+        catalog = cls(create_catalog_engine(url), clock=clock, display_url=redacted_url(url))
         try:
             if auto_migrate:
                 catalog.migrate()
@@ -134,6 +134,8 @@ class Catalog:
 
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision; does nothing when it is there."""
+        if self.schema_revision() == migrate.head_revision():
+            return  # the usual case, without taking SQLite's write lock
         self._guard(lambda: migrate.upgrade(self._write_engine, self._where))
 
     def schema_revision(self) -> str | None:

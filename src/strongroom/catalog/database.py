@@ -22,8 +22,9 @@ from strongroom.catalog.errors import CatalogURLError
 
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_ATTEMPTS = 8
+RETRY_BUDGET_S = 30.0
 WRITE_OPTION = "strongroom_write"
 # PostgreSQL SQLSTATEs worth a retry: serialization_failure, deadlock_detected.
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
@@ -48,7 +49,7 @@ def parse_url(url: str) -> URL:
     raise CatalogURLError(f"catalog {url!r}: unsupported database {backend!r}")
 
 
-def display_url(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL as the user wrote it, with any password hidden."""
     return make_url(url).render_as_string(hide_password=True)
 
@@ -113,13 +114,21 @@ def is_contention(exc: DBAPIError) -> bool:
     )
 
 
-def with_retries(attempt: Callable[[], T], attempts: int = WRITE_ATTEMPTS) -> T:
-    """Run ``attempt`` again, after a jittered pause, while it fails with contention."""
+def with_retries(
+    attempt: Callable[[], T], attempts: int = WRITE_ATTEMPTS, budget_s: float = RETRY_BUDGET_S
+) -> T:
+    """Run ``attempt`` again, after a jittered pause, while it fails with contention.
+
+    A failure after ``budget_s`` is final: SQLite has then already waited its busy
+    timeout, so whatever holds the lock is not about to let go.
+    """
+    started = time.monotonic()
     for number in range(1, attempts + 1):
         try:
             return attempt()
         except DBAPIError as exc:
-            if number == attempts or not is_contention(exc):
+            spent = time.monotonic() - started
+            if number == attempts or spent > budget_s or not is_contention(exc):
                 raise
             time.sleep(min(2.0, 0.02 * 2**number) * random.uniform(0.5, 1.5))
     raise AssertionError("unreachable")

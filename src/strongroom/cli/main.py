@@ -35,6 +35,7 @@ COMMANDS = {
     "config": "config",
     "help": "help",
     "run": "run",
+    "agent": "agent",
     "status": "status",
     "report": "report",
     "catalog": "catalog",

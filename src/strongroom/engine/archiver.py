@@ -22,17 +22,15 @@ from typing import BinaryIO, Protocol
 from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
+from strongroom.engine.sink import BlobSink, RepositorySink
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
-from strongroom.repository.pack import PackWriter
 from strongroom.repository.tree import encode_tree
 
 # Finished directories waiting to be written as trees, and files queued for workers.
 MAX_DIRS_WAITING = 64
 MAX_FILES_IN_FLIGHT = 64
-INDEX_CHECKPOINT_PACKS = 8
-INDEX_CHECKPOINT_SECONDS = 60.0
 # Files modified this close to being read are not trusted to the files cache: file
 # timestamps move in ticks (a few ms on Linux, 2 s on FAT), as in git's "racy clean".
 RACY_WINDOW_NS = 2_000_000_000
@@ -142,102 +140,53 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
 class Archiver:
     def __init__(
         self,
-        repo: Repository,
+        repo: Repository | None,
         clock: Clock,
         files_cache: FilesCache | None = None,
         progress: ArchiveProgress | None = None,
         workers: int | None = None,
         on_step: Callable[[str], None] | None = None,
         before_commit: Callable[[], None] | None = None,
+        sink: BlobSink | None = None,
     ) -> None:
-        self.repo = repo
+        if sink is None:
+            if repo is None:
+                raise TypeError("an Archiver needs a repository or a sink")
+            sink = RepositorySink(repo, clock, on_step, before_commit)
+        self.sink = sink
         self.clock = clock
         self.files_cache = files_cache or FilesCache(None)
         self.progress = progress or _NoProgress()
         # One more thread than cores: file reads block while the others compute.
         self.workers = workers or (os.cpu_count() or 2) + 1
         self._on_step = on_step or (lambda step: None)
-        # Called right before the snapshot is written; raises to refuse the commit
-        # (for example when this writer's lock lease has expired).
-        self._before_commit = before_commit or (lambda: None)
         self._local = threading.local()
-        self._writers: list[PackWriter] = []
-        self._writers_lock = threading.Lock()
-        self._claimed: set[bytes] = set()
-        self._claim_lock = threading.Lock()
         self._stats = _Stats()
         self._warnings: list[FileWarning] = []
-        self._last_checkpoint = 0.0
         self._excludes: list[bytes] = []
-        self._tree_writer: PackWriter | None = None
         self._in_flight: deque[Future[Node | None]] = deque()
 
     # --- blobs ----------------------------------------------------------------------
 
-    def _claim(self, bid: bytes) -> bool:
-        """True when this caller must store the blob (nobody has or is storing it)."""
-        if self.repo.has_blob(bid):
-            return False
-        with self._claim_lock:
-            if bid in self._claimed:
-                return False
-            self._claimed.add(bid)
-            return True
-
-    def _thread_writer(self) -> PackWriter:
-        writer: PackWriter | None = getattr(self._local, "writer", None)
-        if writer is None:
-            writer = self.repo.new_pack_writer(staged=True)
-            self._local.writer = writer
-            with self._writers_lock:
-                self._writers.append(writer)
-        return writer
-
     def _store(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
-        if blob_type == TREE:
-            if self._tree_writer is None:
-                self._tree_writer = self.repo.new_pack_writer(staged=True)
-            writer = self._tree_writer
-        else:
-            writer = self._thread_writer()
-        entry = writer.add(blob_type, bid, data)
-        self._stats.add(blobs_new=1, bytes_new=entry.raw_length, bytes_stored=entry.length)
-        if writer.size >= self.repo.pack_target_size:
-            if blob_type == TREE:
-                self._tree_writer = None
-            else:
-                with self._writers_lock:
-                    self._writers.remove(writer)
-                self._local.writer = None
-            self._upload(writer)
-
-    def _upload(self, writer: PackWriter) -> None:
-        self.repo.upload_pack(writer)
-        self._on_step("pack-written")
-        now = self.clock.monotonic()
-        if (
-            self.repo.pending_packs() >= INDEX_CHECKPOINT_PACKS
-            or now - self._last_checkpoint > INDEX_CHECKPOINT_SECONDS
-        ):
-            self._last_checkpoint = now
-            if self.repo.flush_index():
-                self._on_step("index-written")
+        stored = self.sink.store(blob_type, bid, data)
+        self._stats.add(blobs_new=1, bytes_new=stored.raw_length, bytes_stored=stored.stored_length)
 
     # --- files ----------------------------------------------------------------------
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
         if chunker is None:
-            chunker = self.repo.chunker()
+            chunker = self.sink.new_chunker()
             self._local.chunker = chunker
         return chunker
 
     def _add_chunks(self, chunks: object, content: list[bytes | int]) -> int:
         total = 0
-        id_key = self.repo.master.id_key
+        id_key = self.sink.id_key
         for chunk in chunks:  # type: ignore[attr-defined]
             bid = blob_id(id_key, chunk)
-            if self._claim(bid):
+            if self.sink.claim(bid):
                 self._store(DATA, bid, chunk)
             content.append(bid)
             total += len(chunk)
@@ -284,7 +233,7 @@ class Archiver:
         """An unchanged file's node at once; otherwise a worker reads the file."""
         cached = self.files_cache.lookup(path, st)
         if cached is not None and all(
-            isinstance(c, int) or self.repo.has_blob(c) for c in cached.content
+            isinstance(c, int) or self.sink.known(c) for c in cached.content
         ):
             node.content = list(cached.content)
             node.xattrs = list(cached.xattrs)
@@ -429,8 +378,8 @@ class Archiver:
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
         data = encode_tree(nodes)
-        bid = blob_id(self.repo.master.id_key, data)
-        if self._claim(bid):
+        bid = blob_id(self.sink.id_key, data)
+        if self.sink.claim(bid):
             self._store(TREE, bid, data)
         return bid
 
@@ -438,7 +387,6 @@ class Archiver:
 
     def backup(self, request: BackupRequest) -> BackupResult:
         start = self.clock.monotonic()
-        self._last_checkpoint = start
         self._excludes = [os.fsencode(p) for p in request.excludes]
         roots = _normalize_paths(request.paths)
         ready: deque[_PendingDir] = deque()
@@ -447,15 +395,9 @@ class Archiver:
                 root_tree = self._archive_roots(roots, pool, ready)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
-                self._discard_writers()
+                self.sink.discard()
                 raise
-        try:
-            self._flush_writers()
-        except BaseException:
-            self._discard_writers()
-            raise
-        self.repo.flush_index()
-        self._on_step("index-written")
+        self.sink.finish()
         cache_problem = self.files_cache.save()
         summary = self._stats.summary
         summary.duration_s = round(self.clock.monotonic() - start, 3)
@@ -473,31 +415,11 @@ class Archiver:
             warnings=[f"{display(w.path)}: {w.message}" for w in self._warnings[:1000]],
         )
         self._on_step("before-snapshot")
-        self._before_commit()
-        snapshot.id = self.repo.save_snapshot(snapshot)
+        snapshot.id = self.sink.commit(snapshot)
         self._on_step("snapshot-written")
         return BackupResult(
             snapshot, list(self._warnings), [cache_problem] if cache_problem else []
         )
-
-    def _flush_writers(self) -> None:
-        """Upload every partly filled pack; drop writers that hold nothing."""
-        writers = [*self._writers]
-        if self._tree_writer is not None:
-            writers.append(self._tree_writer)
-        self._writers, self._tree_writer = [], None
-        for writer in writers:
-            if writer.entries:
-                self._upload(writer)
-            else:
-                writer.discard()
-
-    def _discard_writers(self) -> None:
-        """After a failure: remove the temporary objects of unfinished packs."""
-        for writer in [*self._writers, self._tree_writer]:
-            if writer is not None:
-                writer.discard()
-        self._writers, self._tree_writer = [], None
 
     def _archive_roots(
         self, roots: list[bytes], pool: ThreadPoolExecutor, ready: deque[_PendingDir]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import socket
 import traceback
 from collections.abc import Mapping
@@ -129,12 +130,6 @@ class Director:
         return outcome
 
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
-        if spec.transport != "local":
-            raise UsageError(
-                f"client {spec.client}: transport {spec.transport!r} needs the SSH agent, "
-                'which this version does not have yet; use transport = "local" for the '
-                "director itself"
-            )
         if not spec.sources:
             raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
         repo_spec = self.config.repository(spec.repository)
@@ -151,7 +146,10 @@ class Director:
             lock.start_refreshing()
             try:
                 repo.load_index()
-                snapshot, warnings = self._archive(repo, spec, lock)
+                if spec.transport == "local":
+                    snapshot, warnings = self._archive(repo, spec, lock)
+                else:
+                    snapshot, warnings = self._archive_remote(repo, spec, lock)
             finally:
                 lock.release()
             self._index_snapshot(repo, spec.repository, snapshot)
@@ -192,6 +190,29 @@ class Director:
         warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
         return result.snapshot, warnings
 
+    def _archive_remote(
+        self, repo: Repository, spec: JobSpec, lock: RepositoryLock
+    ) -> tuple[Snapshot, list[str]]:
+        """Back up a client over SSH: its agent reads and compresses, we pack and encrypt."""
+        from strongroom.agent.director import AgentBackup, AgentSession
+
+        session = AgentSession(
+            agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
+            before_commit=lock.ensure_valid,
+        )  # fmt: skip
+        result = session.backup(
+            AgentBackup(
+                paths=list(spec.sources),
+                client=spec.client,
+                job=spec.name,
+                tags=list(spec.tags),
+                excludes=list(spec.exclude),
+                hostname=spec.host,
+                program_version=f"strongroom {__version__}",
+            )
+        )
+        return result.snapshot, result.warnings
+
     def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:
         """Record the snapshot and its paths in the catalog, for `find` across the fleet."""
         self.catalog.record_snapshot(
@@ -224,6 +245,17 @@ def path_entries(repo: Repository, snapshot: Snapshot) -> list[PathEntry]:
             mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),
         )
         for path, node in walk(repo, snapshot.tree)
+    ]
+
+
+def agent_command_line(spec: JobSpec) -> list[str]:
+    """``ssh_command -p PORT HOST agent_command``; the remote shell sees quoted words."""
+    return [
+        *spec.ssh_command,
+        "-p",
+        str(spec.port),
+        spec.host,
+        " ".join(shlex.quote(word) for word in spec.agent_command),
     ]
 
 

@@ -91,8 +91,27 @@ class PackWriter:
             assert self.sink is not None
             self.sink.write(data)
 
-    def add(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> PackEntry:
-        """Compress (when it pays), verify, encrypt and append one blob."""
+    def add(
+        self,
+        blob_type: int,
+        bid: bytes,
+        data: bytes | memoryview,
+        *,
+        compressed: bytes | None = None,
+    ) -> PackEntry:
+        """Compress (when it pays), verify, encrypt and append one blob.
+
+        ``compressed``: a zstd frame of ``data`` made elsewhere (by an agent) and already
+        verified by the caller; it is stored as it is.
+        """
+        if compressed is not None:
+            ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), compressed)
+            entry = PackEntry(
+                blob_type, bid, self._size, len(ciphertext), len(data), FLAG_COMPRESSED
+            )
+            self._append(ciphertext)
+            self.entries.append(entry)
+            return entry
         packed = compression.compress(data, self._level) if len(data) > 64 else None
         flags = 0
         if packed is not None:

@@ -1,0 +1,1 @@
+"""The client agent: reads, chunks and compresses on the client; keys stay on the director."""

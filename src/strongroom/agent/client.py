@@ -1,0 +1,137 @@
+"""The agent's side (`strongroom agent`, on the client): walk, chunk, compress, send.
+
+It answers one director over stdin/stdout: ``hello``, then one ``backup`` request. It
+runs the same archiver as a local backup, with a sink that asks the director which
+chunks it lacks and sends only those, compressed. It never sees the encryption key or
+any storage credential, and has no way to delete or overwrite anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from strongroom.agent.protocol import VERSION, ProtocolError, field, read_frame, write_frame
+from strongroom.clock import SystemClock
+from strongroom.engine.archiver import Archiver, BackupRequest
+from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.sink import Stored
+from strongroom.errors import StrongroomError
+from strongroom.repository import Chunker, ChunkerParams, Snapshot, compression
+from strongroom.repository.snapshot import encode_snapshot
+
+
+class DirectorSink:
+    """A BlobSink whose repository is on the director, reached by request and reply."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any]) -> None:
+        self._reader, self._writer = reader, writer
+        self._lock = threading.Lock()  # one request in flight: replies come in order
+        self.id_key: bytes = field(setup, "id_key", bytes)
+        chunker = field(setup, "chunker", list)
+        self._params = ChunkerParams(int(chunker[0]), int(chunker[1]), int(chunker[2]))
+        self._seed = int(chunker[3])
+        self._level = int(field(setup, "compression", int))
+
+    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            write_frame(self._writer, message)
+            reply = read_frame(self._reader, frozenset({"ok", "error"}))
+        if reply["op"] == "error":
+            raise RemoteError(str(reply.get("message", "")), int(reply.get("exit_code", 1)))
+        return reply
+
+    def new_chunker(self) -> Chunker:
+        return Chunker(self._params, self._seed)
+
+    def known(self, bid: bytes) -> bool:
+        return bool(self._call({"op": "known", "id": bid})["value"])
+
+    def claim(self, bid: bytes) -> bool:
+        return bool(self._call({"op": "claim", "id": bid})["value"])
+
+    def store(
+        self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
+    ) -> Stored:
+        packed = compression.compress(data, self._level) if len(data) > 64 else None
+        reply = self._call({
+            "op": "store", "type": blob_type, "id": bid, "raw": len(data),
+            "compressed": packed is not None, "data": packed if packed is not None else bytes(data),
+        })  # fmt: skip
+        return Stored(len(data), int(reply["stored"]))
+
+    def finish(self) -> None:
+        self._call({"op": "finish"})
+
+    def discard(self) -> None:
+        try:
+            self._call({"op": "discard"})
+        except StrongroomError:
+            pass  # the session is failing anyway
+
+    def commit(self, snapshot: Snapshot) -> str:
+        return str(self._call({"op": "commit", "snapshot": encode_snapshot(snapshot)})["id"])
+
+
+class RemoteError(StrongroomError):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def serve(reader: BinaryIO, writer: BinaryIO) -> int:
+    """Run one agent session; the exit code tells the director how it ended."""
+    hello = read_frame(reader, frozenset({"hello"}))
+    if hello.get("version") != VERSION:
+        write_frame(writer, {"op": "hello", "version": VERSION, "ok": False})
+        return 2
+    write_frame(writer, {"op": "hello", "version": VERSION, "ok": True})
+    request = read_frame(reader, frozenset({"backup"}))
+    sink = DirectorSink(reader, writer, request)
+    paths = [str(p) for p in field(request, "paths", list)]
+    try:
+        result = Archiver(
+            None, SystemClock(), FilesCache(_cache_path(request.get("cache_key"))), sink=sink
+        ).backup(
+            BackupRequest(
+                paths=paths,
+                client=str(field(request, "client", str)),
+                job=str(field(request, "job", str)),
+                tags=[str(t) for t in request.get("tags", [])],
+                excludes=[str(e) for e in request.get("excludes", [])],
+                hostname=str(request.get("hostname", "")),
+                username=str(request.get("username", "")),
+                program_version=str(request.get("program_version", "")),
+            )
+        )
+    except StrongroomError as e:
+        write_frame(writer, {"op": "failed", "message": str(e), "exit_code": e.exit_code})
+        return e.exit_code
+    write_frame(writer, {
+        "op": "done", "snapshot_id": result.snapshot.id,
+        "warnings": [f"{w.path}: {w.message}" for w in result.warnings] + result.notes,
+    })  # fmt: skip
+    return 0
+
+
+def _cache_path(key: object) -> Path | None:
+    """The agent's own files cache, on the client, named by the director's key."""
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", key):
+        return None
+    base = os.environ.get("STRONGROOM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "strongroom"
+    )
+    return Path(base) / "agent" / f"files-{key}"
+
+
+def main() -> int:
+    """Entry point of `strongroom agent`: the protocol on stdin/stdout, logs on stderr."""
+    try:
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    except ProtocolError as e:
+        print(f"strongroom agent: {e}", file=sys.stderr)
+        return 2

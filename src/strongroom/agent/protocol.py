@@ -1,0 +1,72 @@
+"""The agent protocol, version 1: length-prefixed msgpack frames over a byte stream.
+
+Each frame is a 4-byte big-endian length and a msgpack map with an ``op``. Frames
+larger than MAX_FRAME, malformed maps and unknown ops are protocol errors: the session
+ends. See docs/agent.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, BinaryIO
+
+import msgspec
+
+from strongroom.errors import StrongroomError
+
+VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+class ProtocolError(StrongroomError):
+    """The other side sent something this side cannot accept; the session is over."""
+
+    hint = "check that director and client run the same strongroom version"
+
+
+class SessionClosed(ProtocolError):
+    """The other side went away (its process ended, or the connection dropped)."""
+
+
+def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
+    data = _encoder.encode(message)
+    if len(data) > MAX_FRAME:
+        raise ProtocolError(f"refusing to send a {len(data)}-byte frame")
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    parts = []
+    while n:
+        part = stream.read(n)
+        if not part:
+            raise SessionClosed("the other side closed the connection")
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def read_frame(stream: BinaryIO, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    (length,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes is over the {MAX_FRAME}-byte limit")
+    try:
+        message = _decoder.decode(_read_exact(stream, length))
+    except (msgspec.DecodeError, ValueError, RecursionError, OverflowError) as e:
+        raise ProtocolError(f"malformed frame ({e})") from None
+    op = message.get("op")
+    if not isinstance(op, str) or (allowed is not None and op not in allowed):
+        raise ProtocolError(f"unexpected message {op!r}")
+    return message
+
+
+def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """A required field of the expected type, or a ProtocolError."""
+    value = message.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError(f"message {message.get('op')!r}: bad or missing field {name!r}")
+    return value
