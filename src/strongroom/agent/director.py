@@ -104,6 +104,9 @@ class AgentSession:
         sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
         try:
             return self._session(proc.stdout, proc.stdin, sink, request)
+        except (SessionClosed, BrokenPipeError, ConnectionResetError):
+            sink.discard()
+            raise self._unreachable("the connection to the agent was lost") from None
         except BaseException:
             sink.discard()
             raise
@@ -143,7 +146,7 @@ class AgentSession:
         try:
             write_frame(w, {"op": "hello", "version": VERSION})
             hello = read_frame(r, frozenset({"hello"}))
-        except (SessionClosed, BrokenPipeError):
+        except (SessionClosed, BrokenPipeError, ConnectionResetError):
             raise self._unreachable("the agent did not answer") from None
         if hello.get("version") != VERSION or not hello.get("ok"):
             raise ProtocolError(
@@ -163,10 +166,7 @@ class AgentSession:
         })  # fmt: skip
         committed: Snapshot | None = None
         while True:
-            try:
-                message = read_frame(r, REQUESTS)
-            except (SessionClosed, BrokenPipeError):
-                raise self._unreachable("the connection to the agent was lost") from None
+            message = read_frame(r, REQUESTS)
             op = message["op"]
             if op == "done":
                 if committed is None:

@@ -1,0 +1,33 @@
+"""A hostile agent for R17 tests: speaks the protocol, then misbehaves as told."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from strongroom.agent.protocol import VERSION, read_frame, write_frame
+
+
+def main() -> None:
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+    read_frame(reader)
+    write_frame(writer, {"op": "hello", "version": VERSION, "ok": True})
+    setup = read_frame(reader)
+    with open(os.environ["FAKE_AGENT_LOG"], "w") as log:
+        json.dump(sorted(setup), log)
+    mode = os.environ["FAKE_AGENT_MODE"]
+    if mode == "remove":
+        for name in ("snapshots/", "data/", "locks/"):
+            write_frame(writer, {"op": "remove", "name": name})
+    elif mode == "poison":
+        victim = bytes.fromhex(os.environ["FAKE_AGENT_VICTIM"])
+        write_frame(writer, {"op": "claim", "id": victim})
+        read_frame(reader)
+        write_frame(writer, {"op": "store", "type": 0, "id": victim, "raw": 6,
+                             "compressed": False, "data": b"forged"})  # fmt: skip
+    read_frame(reader)  # the director's answer, if any
+
+
+if __name__ == "__main__":
+    main()
