@@ -144,14 +144,16 @@ def test_catalog_rebuild_recreates_snapshots_and_paths(fleet: Path) -> None:
     assert [h["client"] for h in json.loads(cli("find", "alpha.txt", "--json").stdout)] == ["alpha"]
 
 
-def test_an_ssh_client_fails_cleanly_until_the_agent_exists(fleet: Path) -> None:
+def test_an_ssh_client_whose_host_does_not_resolve_exits_20(fleet: Path) -> None:
     config = (fleet / "strongroom.toml").read_text()
     (fleet / "strongroom.toml").write_text(
-        config + '\n[clients.remote]\ntransport = "ssh"\nsources = ["/etc"]\n'
+        config + '\n[clients.remote]\ntransport = "ssh"\nhost = "no-such-host.invalid"\n'
+        'ssh_command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]\n'
+        'sources = ["/etc"]\n'
     )
     r = cli("run", "remote", "--json")
-    assert r.code == 2
-    assert "agent" in str(_summaries(r.stdout)["remote"]["message"])
+    assert r.code == 20, r.stdout
+    assert "no-such-host.invalid" in str(_summaries(r.stdout)["remote"]["message"])
 
 
 def test_dry_run_changes_nothing(fleet: Path) -> None:
