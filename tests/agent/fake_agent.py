@@ -17,7 +17,9 @@ def main() -> None:
     with open(os.environ["FAKE_AGENT_LOG"], "w") as log:
         json.dump(sorted(setup), log)
     mode = os.environ["FAKE_AGENT_MODE"]
-    if mode == "remove":
+    if mode == "steal":  # a restore session asking for a blob its snapshot does not name
+        write_frame(writer, {"op": "blob", "id": bytes.fromhex(os.environ["FAKE_AGENT_VICTIM"])})
+    elif mode == "remove":
         for name in ("snapshots/", "data/", "locks/"):
             write_frame(writer, {"op": "remove", "name": name})
     elif mode == "poison":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from strongroom.backend import LocalBackend
-from strongroom.repository import Repository
+from strongroom.repository import Repository, Snapshot
 from tests.conftest import PASSWORD, cli
 
 FAKE = Path(__file__).with_name("fake_agent.py")
@@ -73,14 +73,33 @@ def test_an_agent_cannot_store_forged_data_under_a_known_id(
     _restores_exactly(setup)
 
 
-def _all_ids(repo: Repository) -> list[bytes]:
+def _all_ids(repo: Repository, snapshots: list[Snapshot] | None = None) -> list[bytes]:
     from strongroom.engine.walk import walk
 
     ids: list[bytes] = []
-    for snap in repo.snapshots():
+    for snap in repo.snapshots() if snapshots is None else snapshots:
         ids.append(snap.tree)
         for _, node in walk(repo, snap.tree):
             ids.extend(c for c in node.content if isinstance(c, bytes))
             if node.subtree:
                 ids.append(node.subtree)
     return ids
+
+
+def test_a_restore_agent_cannot_read_data_outside_its_snapshot(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = setup / "mine"
+    src.mkdir()
+    (src / "note").write_text("the evil client's own file\n")
+    assert cli("--repo", str(setup / "repo"), "backup", "--client", "evil", str(src)).code == 0
+    repo = Repository.open(LocalBackend(setup / "repo"), PASSWORD.encode())
+    repo.load_index()
+    hr = next(s for s in repo.snapshots() if s.client == "hr")
+    payroll = next(i for i in _all_ids(repo, [hr]) if i != hr.tree)
+    monkeypatch.setenv("FAKE_AGENT_MODE", "steal")
+    monkeypatch.setenv("FAKE_AGENT_VICTIM", payroll.hex())
+    r = cli("--repo", str(setup / "repo"), "restore", "latest", "--client", "evil",
+            "--to-client", "evil", "--target", str(setup / "t"))  # fmt: skip
+    assert r.code == 1, r.stderr
+    assert "outside the snapshot" in r.stderr

@@ -94,3 +94,16 @@ def test_a_connection_cut_mid_stream_fails_cleanly(fleet: Path) -> None:
     report = json.loads(cli("report", "--format", "json").stdout)
     assert [(x["client"], x["exit_code"]) for x in report["runs"]] == [("flaky", 20)]
     assert cli("run", "web01").code == 0
+
+
+def test_restore_to_a_client_through_its_agent(fleet: Path) -> None:
+    assert cli("run", "web01").code == 0
+    target = fleet / "on-the-client"
+    r = cli("--repo", "main", "restore", "latest", "--client", "web01", "--to-client", "web01",
+            "--target", str(target), "--verify", "--json")  # fmt: skip
+    assert r.code == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["verified"] == 2 and summary["errors"] == 0
+    restored = target / str(fleet / "remote-data").lstrip("/")
+    assert (restored / "big.bin").read_bytes() == (fleet / "remote-data" / "big.bin").read_bytes()
+    assert os.readlink(restored / "link") == "etc/hosts"

@@ -19,10 +19,12 @@ from strongroom.agent.protocol import VERSION, ProtocolError, field, read_frame,
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.engine.sink import Stored
-from strongroom.errors import StrongroomError
-from strongroom.repository import Chunker, ChunkerParams, Snapshot, compression
+from strongroom.errors import EXIT_INTEGRITY, IntegrityError, StrongroomError
+from strongroom.repository import Chunker, ChunkerParams, Node, Snapshot, compression
 from strongroom.repository.snapshot import encode_snapshot
+from strongroom.repository.tree import decode_tree
 
 
 class DirectorSink:
@@ -90,7 +92,9 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         write_frame(writer, {"op": "hello", "version": VERSION, "ok": False})
         return 2
     write_frame(writer, {"op": "hello", "version": VERSION, "ok": True})
-    request = read_frame(reader, frozenset({"backup"}))
+    request = read_frame(reader, frozenset({"backup", "restore"}))
+    if request["op"] == "restore":
+        return _restore(reader, writer, request)
     sink = DirectorSink(reader, writer, request)
     paths = [str(p) for p in field(request, "paths", list)]
     try:
@@ -114,6 +118,62 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
     write_frame(writer, {
         "op": "done", "snapshot_id": result.snapshot.id,
         "warnings": [f"{w.path}: {w.message}" for w in result.warnings] + result.notes,
+    })  # fmt: skip
+    return 0
+
+
+class DirectorSource:
+    """A BlobSource whose repository is on the director: it sends decrypted trees and
+    data, only those of the snapshot being restored."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO, id_key: bytes) -> None:
+        self._reader, self._writer = reader, writer
+        self._lock = threading.Lock()
+        self.id_key = id_key
+
+    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            write_frame(self._writer, message)
+            reply = read_frame(self._reader, frozenset({"ok", "error"}))
+        if reply["op"] == "error":
+            code = int(reply.get("exit_code", 1))
+            if code == EXIT_INTEGRITY:
+                raise IntegrityError(str(reply.get("message", "")))
+            raise RemoteError(str(reply.get("message", "")), code)
+        return reply
+
+    def tree(self, tree_id: bytes) -> list[Node]:
+        data = field(self._call({"op": "tree", "id": tree_id}), "data", bytes)
+        return decode_tree(data, f"tree {tree_id.hex()[:16]}").nodes
+
+    def blob(self, bid: bytes) -> bytes:
+        data: bytes = field(self._call({"op": "blob", "id": bid}), "data", bytes)
+        return data
+
+    def blob_size(self, bid: bytes) -> int | None:
+        value = self._call({"op": "size", "id": bid}).get("value")
+        return value if isinstance(value, int) else None
+
+
+def _restore(reader: BinaryIO, writer: BinaryIO, request: dict[str, Any]) -> int:
+    source = DirectorSource(reader, writer, field(request, "id_key", bytes))
+    try:
+        result = Restorer(None, source=source).restore_tree(
+            field(request, "tree", bytes),
+            RestoreRequest(
+                target=str(field(request, "target", str)),
+                includes=[str(p) for p in request.get("includes", [])],
+                excludes=[str(p) for p in request.get("excludes", [])],
+                verify=bool(request.get("verify", False)),
+            ),
+        )
+    except StrongroomError as e:
+        write_frame(writer, {"op": "failed", "message": str(e), "exit_code": e.exit_code})
+        return e.exit_code
+    write_frame(writer, {
+        "op": "done", "files": result.files, "dirs": result.dirs, "other": result.other,
+        "bytes": result.bytes, "verified": result.verified, "warnings": result.warnings,
+        "errors": result.errors,
     })  # fmt: skip
     return 0
 

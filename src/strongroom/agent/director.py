@@ -13,7 +13,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import msgspec
 
@@ -37,6 +37,7 @@ from strongroom.errors import (
 from strongroom.repository import DATA, TREE, Repository, Snapshot, compression
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.snapshot import decode_snapshot
+from strongroom.repository.tree import decode_tree
 
 REQUESTS = frozenset({"known", "claim", "store", "finish", "discard", "commit", "done", "failed"})
 
@@ -67,6 +68,15 @@ class AgentResult:
     log: str = ""
 
 
+@dataclass
+class AgentRestore:
+    tree: bytes
+    target: str
+    includes: Sequence[str] = ()
+    excludes: Sequence[str] = ()
+    verify: bool = False
+
+
 class AgentSession:
     """One agent process (usually `ssh HOST strongroom agent`) serving one backup."""
 
@@ -87,6 +97,20 @@ class AgentSession:
         self._stderr: list[bytes] = []
 
     def backup(self, request: AgentBackup) -> AgentResult:
+        sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
+        result = self._with_agent(lambda r, w: self._session(r, w, sink, request), sink.discard)
+        assert isinstance(result, AgentResult)
+        return result
+
+    def restore(self, request: AgentRestore) -> dict[str, Any]:
+        """Restore a tree onto the client; returns the agent's counts and messages."""
+        result = self._with_agent(lambda r, w: self._restore(r, w, request), lambda: None)
+        assert isinstance(result, dict)
+        return result
+
+    def _with_agent(
+        self, body: Callable[[Any, Any], object], on_failure: Callable[[], None]
+    ) -> object:
         try:
             proc = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -101,14 +125,13 @@ class AgentSession:
         if self.timeout_s:
             timer = threading.Timer(self.timeout_s, proc.kill)
             timer.start()
-        sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
         try:
-            return self._session(proc.stdout, proc.stdin, sink, request)
+            return body(proc.stdout, proc.stdin)
         except (SessionClosed, BrokenPipeError, ConnectionResetError):
-            sink.discard()
+            on_failure()
             raise self._unreachable("the connection to the agent was lost") from None
         except BaseException:
-            sink.discard()
+            on_failure()
             raise
         finally:
             if timer is not None:
@@ -139,10 +162,7 @@ class AgentSession:
         detail = self.log.strip().splitlines()[-1:] or ["no output"]
         return ClientUnreachable(f"{what}: {detail[0]}")
 
-    def _session(
-        self, reader: IO[bytes], writer: IO[bytes], sink: RepositorySink, request: AgentBackup
-    ) -> AgentResult:
-        r, w = cast(Any, reader), cast(Any, writer)
+    def _hello(self, r: Any, w: Any) -> None:
         try:
             write_frame(w, {"op": "hello", "version": VERSION})
             hello = read_frame(r, frozenset({"hello"}))
@@ -152,6 +172,49 @@ class AgentSession:
             raise ProtocolError(
                 f"the agent speaks protocol {hello.get('version')!r}, this director {VERSION}"
             )
+
+    def _restore(self, r: Any, w: Any, request: AgentRestore) -> dict[str, Any]:
+        self._hello(r, w)
+        write_frame(w, {
+            "op": "restore", "tree": request.tree, "target": request.target,
+            "includes": list(request.includes), "excludes": list(request.excludes),
+            "verify": request.verify, "id_key": self.repo.master.id_key,
+        })  # fmt: skip
+        # Only what this snapshot references may be read: a client cannot ask for
+        # another client's data by guessing ids.
+        allowed = {request.tree}
+        while True:
+            message = read_frame(r, frozenset({"tree", "blob", "size", "done", "failed"}))
+            op = message["op"]
+            if op == "done":
+                return message
+            if op == "failed":
+                error = StrongroomError(f"on the client: {message.get('message', '')}")
+                error.exit_code = int(message.get("exit_code", 1))
+                raise error
+            bid = get(message, "id", bytes)
+            if bid not in allowed:
+                raise ProtocolError("the agent asked for data outside the snapshot")
+            try:
+                if op == "tree":
+                    data = self.repo.load_blob(bid, TREE)
+                    for node in decode_tree(data, f"tree {bid.hex()[:16]}").nodes:
+                        allowed.update(c for c in node.content if isinstance(c, bytes))
+                        if node.subtree is not None:
+                            allowed.add(node.subtree)
+                    reply: dict[str, Any] = {"data": data}
+                elif op == "blob":
+                    reply = {"data": self.repo.load_blob(bid, DATA)}
+                else:
+                    loc = self.repo.lookup(bid)
+                    reply = {"value": None if loc is None else loc.raw_length}
+            except StrongroomError as e:
+                write_frame(w, {"op": "error", "message": str(e), "exit_code": e.exit_code})
+                continue
+            write_frame(w, {"op": "ok", **reply})
+
+    def _session(self, r: Any, w: Any, sink: RepositorySink, request: AgentBackup) -> AgentResult:
+        self._hello(r, w)
         params = self.repo.chunker_params
         write_frame(w, {
             "op": "backup", "paths": list(request.paths), "client": request.client,

@@ -506,6 +506,12 @@ class Catalog:
         if not pattern:
             raise UsageError("find needs a pattern", hint="for example: find '*.conf'")
         p, v, s = t.paths, t.path_versions, t.snapshots
+        conditions, narrow = self._pattern_conditions(pattern, ignore_case)
+        # Query plans that do not depend on statistics (SQLite usually has none):
+        # an indexed name drives the query; otherwise the client's rows do, when there
+        # is a client; otherwise one pass over the distinct paths (``+paths.id`` keeps
+        # SQLite from walking every row of every snapshot instead).
+        path_id = p.c.id if narrow or client is not None else unindexed(p.c.id)
         query = (
             sa.select(
                 s.c.id,
@@ -519,7 +525,7 @@ class Catalog:
                 v.c.mtime_ns,
             )
             .select_from(p)
-            .join(v, v.c.path_id == p.c.id)
+            .join(v, v.c.path_id == path_id)
             .join(
                 s,
                 sa.and_(
@@ -528,17 +534,15 @@ class Catalog:
                     s.c.seq <= v.c.last_seq,
                 ),
             )
+            .where(*conditions)
             .order_by(s.c.time.desc(), p.c.path, s.c.id)
             .limit(limit)
         )
-        conditions, narrow = self._pattern_conditions(pattern, ignore_case)
-        query = query.where(*conditions)
         if client is not None:
-            if narrow:  # the name narrows best: the client only filters what it found
-                query = query.where(unindexed(s.c.client) == client)
-            else:  # a name no index serves: read only the client's rows
+            query = query.where(unindexed(s.c.client) == client)
+            if not narrow:
                 lineages = sa.select(t.lineages.c.id).where(t.lineages.c.client == client)
-                query = query.where(s.c.client == client, v.c.lineage_id.in_(lineages))
+                query = query.where(v.c.lineage_id.in_(lineages))
         if since is not None:
             query = query.where(unindexed(s.c.time) >= _aware(since))
 

@@ -92,6 +92,7 @@ def _sqlite_engine(url: URL) -> Engine:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough for an index
             cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA cache_size = -32768")  # 32 MiB, not 2: big scans re-read
         finally:
             cursor.close()
 

@@ -87,11 +87,47 @@ def open_dir_chain(root_fd: int, parts: Sequence[bytes]) -> int:
     return fd
 
 
+class BlobSource(Protocol):
+    """Where the restorer gets trees and file data: a repository, or a director."""
+
+    id_key: bytes
+
+    def tree(self, tree_id: bytes) -> list[Node]: ...
+
+    def blob(self, bid: bytes) -> bytes: ...
+
+    def blob_size(self, bid: bytes) -> int | None: ...
+
+
+class RepositorySource:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.id_key = repo.master.id_key
+
+    def tree(self, tree_id: bytes) -> list[Node]:
+        return load_tree(self.repo, tree_id)
+
+    def blob(self, bid: bytes) -> bytes:
+        return self.repo.load_blob(bid, DATA)
+
+    def blob_size(self, bid: bytes) -> int | None:
+        loc = self.repo.lookup(bid)
+        return None if loc is None else loc.raw_length
+
+
 class Restorer:
     def __init__(
-        self, repo: Repository, progress: RestoreProgress | None = None, workers: int = 4
+        self,
+        repo: Repository | None,
+        progress: RestoreProgress | None = None,
+        workers: int = 4,
+        source: BlobSource | None = None,
     ) -> None:
-        self.repo = repo
+        if source is None:
+            if repo is None:
+                raise TypeError("a Restorer needs a repository or a source")
+            source = RepositorySource(repo)
+        self.source = source
         self.progress = progress or _NoProgress()
         self.workers = workers
         self._lock = threading.Lock()
@@ -101,6 +137,9 @@ class Restorer:
         self._parents: dict[int, tuple[tuple[bytes, ...], int]] = {}
 
     def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:
+        return self.restore_tree(snapshot.tree, request)
+
+    def restore_tree(self, tree_id: bytes, request: RestoreRequest) -> RestoreResult:
         if request.restore_owner is not None:
             self._owner = request.restore_owner
         self._includes = [os.fsencode(p) for p in request.includes]
@@ -120,7 +159,7 @@ class Restorer:
                 self._pool = pool
                 self._futures: deque[Future[None]] = deque()
                 try:
-                    self._restore_tree(root_fd, (), snapshot.tree)
+                    self._restore_tree(root_fd, (), tree_id)
                     while self._futures:
                         self._futures.popleft().result()
                 finally:
@@ -167,7 +206,7 @@ class Restorer:
     def _restore_tree(self, dir_fd: int, parts: tuple[bytes, ...], tree_id: bytes) -> bool:
         """Restore one directory's entries; True when anything was restored."""
         try:
-            nodes = load_tree(self.repo, tree_id)
+            nodes = self.source.tree(tree_id)
         except IntegrityError as e:
             self._error(parts, f"directory listing lost: {e}")
             return False
@@ -328,7 +367,7 @@ class Restorer:
             if isinstance(item, int):
                 pos += item  # a hole: seek over it, so it stays a hole
                 continue
-            data = self.repo.load_blob(item, DATA)
+            data = self.source.blob(item)
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, pos)
@@ -465,11 +504,11 @@ class Restorer:
                     return False
                 pos += item
                 continue
-            loc = self.repo.lookup(item)
-            if loc is None:
+            size = self.source.blob_size(item)
+            if size is None:
                 return False
-            data = os.pread(fd, loc.raw_length, pos)
-            if blob_id(self.repo.master.id_key, data) != item:
+            data = os.pread(fd, size, pos)
+            if blob_id(self.source.id_key, data) != item:
                 return False
             pos += len(data)
         return os.fstat(fd).st_size == pos

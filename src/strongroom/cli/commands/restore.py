@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.engine.restorer import Restorer, RestoreRequest
-from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS, UsageError
+from strongroom.engine.restorer import Restorer, RestoreRequest, RestoreResult
+from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS
+from strongroom.repository import Repository, Snapshot
 
 
 @click.command("restore")
@@ -17,7 +18,7 @@ from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS, Usage
 @click.option("--client", help="Narrow 'latest' to this client.")
 @click.option("--job", help="Narrow 'latest' to this job.")
 @click.option("--tag", "tags", multiple=True, help="Narrow 'latest' to this tag.")
-@click.option("--to-client", help="Restore onto another client (needs the fleet config).")
+@click.option("--to-client", help="Restore onto this configured client, through its agent.")
 @click.option("--verify", is_flag=True, help="Re-read every restored file and compare.")
 @pass_app
 def restore_command(
@@ -33,15 +34,15 @@ def restore_command(
     verify: bool,
 ) -> int:
     """Restore a snapshot; original absolute paths are recreated under --target."""
-    if to_client:
-        raise UsageError(
-            "--to-client needs configured clients and the agent, "
-            "which this version does not have yet"
-        )
+    request = RestoreRequest(target, includes, excludes, verify)
     with app.open_repository(purpose="restore") as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
-        app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}")
-        result = Restorer(repo).restore(snap, RestoreRequest(target, includes, excludes, verify))
+        where = f" on {to_client}" if to_client else ""
+        app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}{where}")
+        if to_client:
+            result = _restore_on_client(app, repo, snap, to_client, request)
+        else:
+            result = Restorer(repo).restore(snap, request)
     for w in result.warnings:
         app.warn(w)
         app.json_line("warning", message=w)
@@ -73,3 +74,27 @@ def restore_command(
                 "damaged or missing (listed above)"
             )
     return code
+
+
+def _restore_on_client(
+    app: App, repo: Repository, snap: Snapshot, client: str, request: RestoreRequest
+) -> RestoreResult:
+    """Through the client's agent: the director decrypts, the client writes."""
+    from strongroom.agent.director import AgentRestore, AgentSession
+    from strongroom.jobs.run import agent_command_line
+
+    spec = app.load_config().job(client)
+    if spec.transport == "local":
+        return Restorer(repo).restore(snap, request)
+    done = AgentSession(agent_command_line(spec), repo, app.clock).restore(
+        AgentRestore(snap.tree, request.target, request.includes, request.excludes, request.verify)
+    )
+    return RestoreResult(
+        files=int(done.get("files", 0)),
+        dirs=int(done.get("dirs", 0)),
+        other=int(done.get("other", 0)),
+        bytes=int(done.get("bytes", 0)),
+        verified=int(done.get("verified", 0)),
+        warnings=[str(w) for w in done.get("warnings", [])],
+        errors=[str(e) for e in done.get("errors", [])],
+    )
