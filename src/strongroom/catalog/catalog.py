@@ -432,7 +432,8 @@ class Catalog:
             if row is None:
                 return False
             lineage_id, seq = row.lineage_id, row.seq
-            # Lock the lineage: a concurrent record_snapshot must not extend rows we drop.
+            # Lock the lineage: a concurrent record_snapshot must not close or read the
+            # rows we drop, nor a concurrent forget judge them by the same old neighbours.
             conn.execute(
                 sa.update(t.lineages)
                 .where(t.lineages.c.id == lineage_id)
@@ -445,7 +446,8 @@ class Catalog:
             after = conn.execute(
                 sa.select(sa.func.min(s.c.seq)).where(in_lineage, s.c.seq > seq)
             ).scalar()
-            conn.execute(sa.delete(s).where(s.c.id == snapshot_id))
+            if conn.execute(sa.delete(s).where(s.c.id == snapshot_id)).rowcount == 0:
+                return False  # forgotten meanwhile, by the writer we waited for
             # Rows spanning this snapshot and no other remaining one are now unused.
             only_here = [
                 v.c.lineage_id == lineage_id,
