@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 
 import msgspec
@@ -88,7 +89,17 @@ class KeyFile:
             raise IntegrityError(f"{what}: malformed key file ({type(e).__name__}: {e})") from None
 
 
+# cryptography's Argon2id (lanes > 1) hangs when two threads derive at once (seen with
+# cryptography 50 on Python 3.11): one derivation at a time per process.
+_KDF_LOCK = threading.Lock()
+
+
 def _derive(password: bytes, salt: bytes, kdf: KdfParams) -> AESGCM:
+    with _KDF_LOCK:
+        return _derive_unlocked(password, salt, kdf)
+
+
+def _derive_unlocked(password: bytes, salt: bytes, kdf: KdfParams) -> AESGCM:
     key = Argon2id(
         salt=salt,
         length=32,
