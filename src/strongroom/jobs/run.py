@@ -10,6 +10,7 @@ import getpass
 import os
 import shlex
 import socket
+import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class Director:
     cache_dir: Path
     env: Mapping[str, str]
     hostname: str = field(default_factory=socket.gethostname)
+    _repos: dict[str, Repository] = field(default_factory=dict)
+    _repos_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, client: str, job: str | None = None, *, wait_s: float = 0.0) -> RunOutcome:
         """Run one job; StrongroomErrors become the outcome's exit code."""
@@ -132,29 +135,23 @@ class Director:
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
         if not spec.sources:
             raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
-        repo_spec = self.config.repository(spec.repository)
-        backend = open_backend(repo_spec.url)
+        repo = self._open(spec.repository)
+        lock = RepositoryLock(
+            repo.backend,
+            self.clock,
+            exclusive=False,
+            hostname=self.hostname,
+            purpose=f"run {spec.client}/{spec.name}",
+        ).acquire()
+        lock.start_refreshing()
         try:
-            repo = Repository.open(backend, repo_spec.password(self.env))
-            lock = RepositoryLock(
-                backend,
-                self.clock,
-                exclusive=False,
-                hostname=self.hostname,
-                purpose=f"run {spec.client}/{spec.name}",
-            ).acquire()
-            lock.start_refreshing()
-            try:
-                repo.load_index()
-                if spec.transport == "local":
-                    snapshot, warnings = self._archive(repo, spec, lock)
-                else:
-                    snapshot, warnings = self._archive_remote(repo, spec, lock)
-            finally:
-                lock.release()
-            self._index_snapshot(repo, spec.repository, snapshot)
+            if spec.transport == "local":
+                snapshot, warnings = self._archive(repo, spec, lock)
+            else:
+                snapshot, warnings = self._archive_remote(repo, spec, lock)
         finally:
-            backend.close()
+            lock.release()
+        self._index_snapshot(repo, spec.repository, snapshot)
         s = snapshot.summary
         outcome.snapshot_id = snapshot.id
         outcome.warnings = warnings
@@ -170,6 +167,34 @@ class Director:
             "bytes_stored": s.bytes_stored,
             "duration_s": s.duration_s,
         }
+
+    def _open(self, name: str) -> Repository:
+        """The director's one open repository of that name, shared by its runs.
+
+        The key is derived once (Argon2id is slow on purpose) and the index loaded once;
+        every pack a run uploads enters the shared index at once, so later runs
+        deduplicate against earlier ones. Index files are written from the shared list
+        of uploaded packs, so a run's snapshot never names data no index describes.
+        """
+        with self._repos_lock:
+            repo = self._repos.get(name)
+            if repo is None:
+                spec = self.config.repository(name)
+                backend = open_backend(spec.url)
+                try:
+                    repo = Repository.open(backend, spec.password(self.env))
+                    repo.load_index()
+                except BaseException:
+                    backend.close()
+                    raise
+                self._repos[name] = repo
+            return repo
+
+    def close(self) -> None:
+        with self._repos_lock:
+            for repo in self._repos.values():
+                repo.backend.close()
+            self._repos.clear()
 
     def _archive(
         self, repo: Repository, spec: JobSpec, lock: RepositoryLock

@@ -85,6 +85,7 @@ class Repository:
         self.missing_packs: set[str] = set()
         self._index_lock = threading.Lock()
         self._pending: dict[str, list[PackEntry]] = {}
+        self._flush_lock = threading.Lock()
         self._ciphers: OrderedDict[str, PackCipher] = OrderedDict()
         self._cipher_lock = threading.Lock()
         self.pack_target_size = PACK_TARGET_SIZE
@@ -290,12 +291,18 @@ class Repository:
             return len(self._pending)
 
     def flush_index(self) -> str | None:
-        """Write an index file for packs stored since the last flush (a checkpoint)."""
-        with self._index_lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return None
-        return self.write_index(pending)
+        """Write an index file for packs stored since the last flush (a checkpoint).
+
+        Flushes are serialized: when it returns, every pack uploaded before the call is
+        described by a durable index file, even one another thread was still writing.
+        A snapshot written after it therefore never names unindexed data.
+        """
+        with self._flush_lock:
+            with self._index_lock:
+                pending, self._pending = self._pending, {}
+            if not pending:
+                return None
+            return self.write_index(pending)
 
     def write_index(self, packs: dict[str, list[PackEntry]]) -> str:
         raw = crypto.seal(self.master, b"index", encode_index(packs))

@@ -82,8 +82,11 @@ def run_command(
             _report(app, outcome)
             return outcome
 
-        with ThreadPoolExecutor(parallel, thread_name_prefix="strongroom-run") as pool:
-            outcomes = list(pool.map(one, [s.client for s in specs], [s.name for s in specs]))
+        try:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="strongroom-run") as pool:
+                outcomes = list(pool.map(one, [s.client for s in specs], [s.name for s in specs]))
+        finally:
+            director.close()
     finally:
         catalog.close()
     code = worst_exit_code([o.exit_code for o in outcomes])
