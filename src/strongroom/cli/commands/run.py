@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -77,8 +79,12 @@ def run_command(
             config, catalog, app.clock, app.state_dir(), app.cache_dir(), dict(os.environ)
         )
 
+        progress = RunProgress(app, len(specs))
+
         def one(spec_client: str, spec_job: str) -> RunOutcome:
+            progress.started(spec_client)
             outcome = director.run(spec_client, spec_job, wait_s=wait_s)
+            progress.finished(outcome)
             _report(app, outcome)
             return outcome
 
@@ -86,6 +92,7 @@ def run_command(
             with ThreadPoolExecutor(parallel, thread_name_prefix="strongroom-run") as pool:
                 outcomes = list(pool.map(one, [s.client for s in specs], [s.name for s in specs]))
         finally:
+            progress.close()
             director.close()
     finally:
         catalog.close()
@@ -99,7 +106,46 @@ def run_command(
     return code
 
 
+class RunProgress:
+    """On a terminal, one stderr line: how many runs are done, failed and running."""
+
+    def __init__(self, app: App, total: int) -> None:
+        self.enabled = app.show_progress
+        self.total = total
+        self._running: list[str] = []
+        self._done = self._failed = 0
+        self._lock = threading.Lock()
+
+    def started(self, client: str) -> None:
+        with self._lock:
+            self._running.append(client)
+            self._draw()
+
+    def finished(self, outcome: RunOutcome) -> None:
+        with self._lock:
+            self._running.remove(outcome.client)
+            self._done += 1
+            self._failed += outcome.exit_code not in (0, 3)
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.enabled:
+            running = ", ".join(self._running[:4]) + ("..." if len(self._running) > 4 else "")
+            line = (f"{self._done}/{self.total} done, {self._failed} failed; running: {running}")[
+                :120
+            ]
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def _report(app: App, outcome: RunOutcome) -> None:
+    if app.show_progress:
+        sys.stderr.write("\r\033[K")  # results go above the progress line
     if app.json:
         app.emit_json(outcome.as_json())
         return
