@@ -201,16 +201,7 @@ class Director:
     ) -> tuple[Snapshot, list[str]]:
         cache = FilesCache(self.cache_dir / repo.id / f"files-{spec.client}-{spec.name}")
         result = Archiver(repo, self.clock, cache, before_commit=lock.ensure_valid).backup(
-            BackupRequest(
-                paths=list(spec.sources),
-                client=spec.client,
-                job=spec.name,
-                tags=list(spec.tags),
-                excludes=list(spec.exclude),
-                hostname=spec.host,
-                username=getpass.getuser(),
-                program_version=f"strongroom {__version__}",
-            )
+            BackupRequest(**_request_fields(spec), username=getpass.getuser())
         )
         warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
         return result.snapshot, warnings
@@ -225,17 +216,7 @@ class Director:
             agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
             before_commit=lock.ensure_valid,
         )  # fmt: skip
-        result = session.backup(
-            AgentBackup(
-                paths=list(spec.sources),
-                client=spec.client,
-                job=spec.name,
-                tags=list(spec.tags),
-                excludes=list(spec.exclude),
-                hostname=spec.host,
-                program_version=f"strongroom {__version__}",
-            )
-        )
+        result = session.backup(AgentBackup(**_request_fields(spec)))
         return result.snapshot, result.warnings
 
     def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:
@@ -243,6 +224,19 @@ class Director:
         self.catalog.record_snapshot(
             snapshot_record(repo_name, snapshot), path_entries(repo, snapshot)
         )
+
+
+def _request_fields(spec: JobSpec) -> dict[str, Any]:
+    """What a job asks of a backup, local or through the agent."""
+    return {
+        "paths": list(spec.sources),
+        "client": spec.client,
+        "job": spec.name,
+        "tags": list(spec.tags),
+        "excludes": list(spec.exclude),
+        "hostname": spec.host,
+        "program_version": f"strongroom {__version__}",
+    }
 
 
 def snapshot_record(repo_name: str, snapshot: Snapshot) -> SnapshotRecord:

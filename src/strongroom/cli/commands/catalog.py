@@ -6,7 +6,6 @@ import click
 
 from strongroom.backend import open_backend
 from strongroom.cli.context import App, pass_app
-from strongroom.config import ConfigNotFound
 from strongroom.errors import UsageError
 from strongroom.jobs.run import path_entries, snapshot_record
 from strongroom.repository import Repository
@@ -23,10 +22,7 @@ def catalog_migrate(app: App) -> None:
     """Upgrade the catalog's schema to this version's (safe to run again)."""
     from strongroom.catalog import Catalog
 
-    try:
-        config = app.load_config()
-    except ConfigNotFound:
-        config = None
+    config = app.load_config_if_any()
     catalog = Catalog.open(app.catalog_url(config), check_schema=False, clock=app.clock)
     try:
         catalog.migrate()
@@ -39,10 +35,7 @@ def catalog_migrate(app: App) -> None:
 @pass_app
 def catalog_rebuild(app: App) -> None:
     """Recreate snapshots and the path index from the repositories alone."""
-    try:
-        config = app.load_config()
-    except ConfigNotFound:
-        config = None
+    config = app.load_config_if_any()
     sources: list[tuple[str, str, bytes]] = []
     if app.repo_url:
         sources.append((app.repo_url, app.repo_url, app.password()))

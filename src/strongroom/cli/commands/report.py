@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.config import ConfigNotFound, parse_duration
+from strongroom.config import parse_duration
 
 COLUMNS = (
     "client",
@@ -42,10 +42,7 @@ COLUMNS = (
 @pass_app
 def report_command(app: App, since: str, fmt: str) -> None:
     """Report runs: per client and run, bytes, durations, failures."""
-    try:
-        config = app.load_config()
-    except ConfigNotFound:
-        config = None
+    config = app.load_config_if_any()
     now = datetime.fromtimestamp(app.clock.now_ns() / 1e9, UTC)
     start = now - timedelta(seconds=parse_duration(since))
     catalog = app.open_catalog(config)

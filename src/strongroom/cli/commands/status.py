@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.config import ConfigNotFound, parse_duration
+from strongroom.config import parse_duration
 from strongroom.errors import EXIT_FATAL, EXIT_SUCCESS
 
 
@@ -20,11 +20,9 @@ from strongroom.errors import EXIT_FATAL, EXIT_SUCCESS
 @pass_app
 def status_command(app: App, stale: str | None) -> int:
     """Show each client's last run; with --stale, fail when a client is overdue."""
-    try:
-        config = app.load_config()
-        configured: list[str] | None = sorted(config.clients)
-    except ConfigNotFound:
-        config, configured = None, None  # the catalog alone still tells the state
+    config = app.load_config_if_any()
+    # Without a config, the catalog alone still tells the state.
+    configured = sorted(config.clients) if config is not None else None
     now = datetime.fromtimestamp(app.clock.now_ns() / 1e9, UTC)
     catalog = app.open_catalog(config)
     try:
