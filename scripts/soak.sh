@@ -13,7 +13,7 @@
 #   scripts/soak.sh -k r03            only the bit flips
 #   scripts/soak.sh -n 2              two workers
 #   STRONGROOM_SOAK_KILLS=1000 scripts/soak.sh -k sigkill
-# Needs root (or CI=true) for nothing here; the full-disk tests are not soak tests.
+# About half an hour on 2 cores at the default sizes. Nothing here needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}

@@ -28,13 +28,25 @@ from pathlib import Path
 
 
 def _patch(pack_size: int | None, checkpoint_packs: int | None) -> None:
-    import strongroom.engine.archiver as archiver_module
+    import importlib
+
     import strongroom.repository.repository as repository_module
 
     if pack_size:
         repository_module.PACK_TARGET_SIZE = pack_size
     if checkpoint_packs:
-        archiver_module.INDEX_CHECKPOINT_PACKS = checkpoint_packs
+        # The constant lives where the upload loop does (the archiver, or its sink).
+        patched = []
+        for name in ("strongroom.engine.sink", "strongroom.engine.archiver"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "INDEX_CHECKPOINT_PACKS"):
+                module.INDEX_CHECKPOINT_PACKS = checkpoint_packs
+                patched.append(name)
+        if not patched:
+            raise SystemExit("child.py: INDEX_CHECKPOINT_PACKS not found; update _patch")
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

@@ -41,9 +41,13 @@ def soak_only(func: F) -> F:
     return pytest.mark.timeout(0)(pytest.mark.soak(func))  # type: ignore[no-any-return]
 
 
+# Read now: each test runs with every STRONGROOM_* variable removed.
+_SOAK_ENV = {k: v for k, v in os.environ.items() if k.startswith("STRONGROOM_SOAK_")}
+
+
 def soak_count(name: str, default: int) -> int:
-    """A soak loop size, overridable as STRONGROOM_SOAK_<NAME> (read at import)."""
-    return int(os.environ.get(f"STRONGROOM_SOAK_{name.upper()}", "") or default)
+    """A soak loop size, overridable as STRONGROOM_SOAK_<NAME>."""
+    return int(_SOAK_ENV.get(f"STRONGROOM_SOAK_{name.upper()}", "") or default)
 
 
 # --- source trees -------------------------------------------------------------------
