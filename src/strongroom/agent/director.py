@@ -121,6 +121,7 @@ class AgentSession:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         drain = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
         drain.start()
+        self._proc, self._drainer = proc, drain
         timer = None
         if self.timeout_s:
             timer = threading.Timer(self.timeout_s, proc.kill)
@@ -159,6 +160,12 @@ class AgentSession:
         return b"".join(self._stderr).decode("utf-8", "replace")
 
     def _unreachable(self, what: str) -> ClientUnreachable:
+        # Let ssh finish and its last words reach the log: they say why.
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._drainer.join(timeout=5)
         detail = self.log.strip().splitlines()[-1:] or ["no output"]
         return ClientUnreachable(f"{what}: {detail[0]}")
 
