@@ -44,6 +44,12 @@ def fleet(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
         '[defaults]\nrepository = "main"\n\n'
         + client("web01", sshd.port, src) + "\n"
         + client("offline", free_port(), src) + "\n"
+        + client("guarded", sshd.port, src, extra=(
+            '[[clients.guarded.requires]]\nkind = "command"\non = "client"\n'
+            'command = ["test", "-d", "/"]\n'
+            '[[clients.guarded.requires]]\nkind = "fresh-file"\n'
+            f'path = "{src}/etc/hosts"\nmax_age = "1h"\n'
+        )) + "\n"
         + client("flaky", sshd.port, big).replace(
             f"ssh_command = {json.dumps(sshd.ssh_command())}", f"ssh_command = {ssh_killer}"
         )
@@ -107,3 +113,15 @@ def test_restore_to_a_client_through_its_agent(fleet: Path) -> None:
     restored = target / str(fleet / "remote-data").lstrip("/")
     assert (restored / "big.bin").read_bytes() == (fleet / "remote-data" / "big.bin").read_bytes()
     assert os.readlink(restored / "link") == "etc/hosts"
+
+
+def test_prerequisites_are_checked_on_the_client_over_ssh(fleet: Path) -> None:
+    r = cli("preflight", "guarded", "--json")
+    assert r.code == 21, r.stdout + r.stderr
+    assert "modified 2020-09-13" in r.stderr  # the backdated hosts file, read by stat there
+    os.utime(fleet / "remote-data" / "etc" / "hosts")
+    r = cli("preflight", "guarded", "--json")
+    assert r.code == 0, r.stderr
+    checks = json.loads(r.stdout)["checks"]
+    assert [c["met"] for c in checks] == [True, True, True]
+    assert checks[1]["name"] == "command test -d /"

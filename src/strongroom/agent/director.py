@@ -59,6 +59,7 @@ class AgentBackup:
     hostname: str = ""
     username: str = ""
     program_version: str = ""
+    prerequisites: Sequence[str] = ()
 
 
 @dataclass
@@ -286,6 +287,7 @@ class AgentSession:
             job=request.job,
             tags=sorted(set(request.tags)),
             time_ns=self.clock.now_ns(),
+            prerequisites=list(request.prerequisites),
         )
         snapshot.id = sink.commit(snapshot)
         return {"id": snapshot.id}, snapshot

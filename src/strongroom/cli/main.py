@@ -36,6 +36,8 @@ COMMANDS = {
     "help": "help",
     "run": "run",
     "agent": "agent",
+    "mark": "mark",
+    "preflight": "mark",
     "status": "status",
     "report": "report",
     "catalog": "catalog",

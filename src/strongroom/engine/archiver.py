@@ -60,6 +60,7 @@ class BackupRequest:
     hostname: str = ""
     username: str = ""
     program_version: str = ""
+    prerequisites: Sequence[str] = ()
 
 
 @dataclass
@@ -413,6 +414,7 @@ class Archiver:
             program_version=request.program_version,
             summary=summary,
             warnings=[f"{display(w.path)}: {w.message}" for w in self._warnings[:1000]],
+            prerequisites=list(request.prerequisites),
         )
         self._on_step("before-snapshot")
         snapshot.id = self.sink.commit(snapshot)

@@ -34,6 +34,7 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.jobs.locks import JobLock
+from strongroom.jobs.preflight import preflight
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
 
@@ -135,6 +136,8 @@ class Director:
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
         if not spec.sources:
             raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
+        checks = preflight(spec, self.catalog, self.clock, self.env)  # 20 or 21: no backup
+        evidence = [str(c) for c in checks]
         repo = self._open(spec.repository)
         lock = RepositoryLock(
             repo.backend,
@@ -146,9 +149,9 @@ class Director:
         lock.start_refreshing()
         try:
             if spec.transport == "local":
-                snapshot, warnings = self._archive(repo, spec, lock)
+                snapshot, warnings = self._archive(repo, spec, lock, evidence)
             else:
-                snapshot, warnings = self._archive_remote(repo, spec, lock)
+                snapshot, warnings = self._archive_remote(repo, spec, lock, evidence)
         finally:
             lock.release()
         self._index_snapshot(repo, spec.repository, snapshot)
@@ -197,17 +200,19 @@ class Director:
             self._repos.clear()
 
     def _archive(
-        self, repo: Repository, spec: JobSpec, lock: RepositoryLock
+        self, repo: Repository, spec: JobSpec, lock: RepositoryLock, evidence: list[str]
     ) -> tuple[Snapshot, list[str]]:
         cache = FilesCache(self.cache_dir / repo.id / f"files-{spec.client}-{spec.name}")
         result = Archiver(repo, self.clock, cache, before_commit=lock.ensure_valid).backup(
-            BackupRequest(**_request_fields(spec), username=getpass.getuser())
+            BackupRequest(
+                **_request_fields(spec), username=getpass.getuser(), prerequisites=evidence
+            )
         )
         warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
         return result.snapshot, warnings
 
     def _archive_remote(
-        self, repo: Repository, spec: JobSpec, lock: RepositoryLock
+        self, repo: Repository, spec: JobSpec, lock: RepositoryLock, evidence: list[str]
     ) -> tuple[Snapshot, list[str]]:
         """Back up a client over SSH: its agent reads and compresses, we pack and encrypt."""
         from strongroom.agent.director import AgentBackup, AgentSession
@@ -216,7 +221,7 @@ class Director:
             agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
             before_commit=lock.ensure_valid,
         )  # fmt: skip
-        result = session.backup(AgentBackup(**_request_fields(spec)))
+        result = session.backup(AgentBackup(**_request_fields(spec), prerequisites=evidence))
         return result.snapshot, result.warnings
 
     def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:

@@ -38,6 +38,8 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     program_version: str = ""
     summary: Summary = msgspec.field(default_factory=Summary)
     warnings: list[str] = msgspec.field(default_factory=list)
+    # The prerequisites that were met, with their evidence ("marker sql-dump: met (...)").
+    prerequisites: list[str] = msgspec.field(default_factory=list)
     id: str = ""  # filled in on load; not part of the stored object
 
     @property
