@@ -16,8 +16,10 @@ import os
 import random
 import resource
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,9 +64,20 @@ def main() -> int:
     clients = make_clients(work / "clients", args.clients)
     source_bytes = sum(f.stat().st_size for d in clients for f in d.rglob("*") if f.is_file())
     fake_ssh = ["sh", "-c", 'exec sh -c "$4"', "ssh"]
+    # Preflight connects to each client's SSH port first: give it a port that answers.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    port = listener.getsockname()[1]
+
+    def accept_forever() -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.close()
+
+    threading.Thread(target=accept_forever, daemon=True).start()
     agent = [sys.executable, "-m", "strongroom", "agent"]
     blocks = [
-        f'[clients.{d.name}]\nhost = "127.0.0.1"\nssh_command = {json.dumps(fake_ssh)}\n'
+        f'[clients.{d.name}]\nhost = "127.0.0.1"\nport = {port}\n'
+        f"ssh_command = {json.dumps(fake_ssh)}\n"
         f'agent_command = {json.dumps(agent)}\nsources = ["{d}"]\n'
         for d in clients
     ]

@@ -10,13 +10,14 @@ import pytest
 
 from strongroom.backend import LocalBackend
 from strongroom.repository import Repository, Snapshot
+from tests.agent.conftest import Sshd
 from tests.conftest import PASSWORD, cli
 
 FAKE = Path(__file__).with_name("fake_agent.py")
 
 
 @pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sshd: Sshd) -> Path:
     repo = tmp_path / "repo"
     assert cli("--repo", str(repo), "init").code == 0
     src = tmp_path / "honest"
@@ -27,7 +28,8 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "strongroom.toml").write_text(
         f'[repositories.main]\nurl = "{repo}"\npassword_file = "{tmp_path}/pass"\n\n'
         '[defaults]\nrepository = "main"\n\n'
-        '[clients.evil]\ntransport = "ssh"\nhost = "127.0.0.1"\n'
+        # Preflight connects to the port first: point it at something that listens.
+        f'[clients.evil]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = {sshd.port}\n'
         # ssh_command is replaced by a shell that runs the hostile agent in place of ssh.
         f'ssh_command = ["sh", "-c", "exec {sys.executable} {FAKE}", "fake-ssh"]\n'
         f'sources = ["{tmp_path}"]\n'
