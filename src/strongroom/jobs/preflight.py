@@ -12,7 +12,7 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -118,18 +118,31 @@ def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
 
 
 def _command(spec: JobSpec, req: CommandRequirement, env: Mapping[str, str]) -> Check:
-    name = f"command {shlex.join(req.command)}"
+    return run_command(spec, f"command {shlex.join(req.command)}", req.command, req.on,
+                       req.timeout, env)  # fmt: skip
+
+
+def run_command(
+    spec: JobSpec,
+    name: str,
+    command: Sequence[str],
+    on: str,
+    timeout: float,
+    env: Mapping[str, str],
+) -> Check:
+    """Run a prerequisite or hook command on the director, or on the client over ssh."""
     start = time.monotonic()
     try:
-        if req.on == "client" and spec.transport != "local":
-            proc = _on_client(spec, shlex.join(req.command), req.timeout)
+        if on == "client" and spec.transport != "local":
+            proc = _on_client(spec, shlex.join(command), timeout)
         else:
             proc = subprocess.run(
-                list(req.command), capture_output=True, text=True, timeout=req.timeout,
-                env=dict(env), check=False,
+                list(command), capture_output=True, text=True, timeout=timeout,
+                env={**env, "STRONGROOM_CLIENT": spec.client, "STRONGROOM_JOB": spec.name},
+                check=False,
             )  # fmt: skip
     except subprocess.TimeoutExpired:
-        return Check(name, False, f"timed out after {req.timeout}s")
+        return Check(name, False, f"timed out after {timeout}s")
     except OSError as e:
         return Check(name, False, f"cannot run: {e.strerror or e}")
     took = f"{time.monotonic() - start:.1f}s"

@@ -28,15 +28,22 @@ from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.walk import walk
 from strongroom.errors import (
     EXIT_FATAL,
+    EXIT_HOOK,
     EXIT_SUCCESS,
     EXIT_WARNINGS,
     StrongroomError,
     UsageError,
 )
 from strongroom.jobs.locks import JobLock
-from strongroom.jobs.preflight import preflight
+from strongroom.jobs.preflight import preflight, run_command
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
+
+
+class HookFailed(StrongroomError):
+    exit_code = EXIT_HOOK
+    hint = "see the hook's output in the run's log; a failed before-hook means no backup"
+
 
 # `run` over several clients exits with the worst code, in this order (SPEC.md).
 PRECEDENCE = (1, 13, 10, 12, 11, 20, 21, 22, 3, 0)
@@ -136,8 +143,25 @@ class Director:
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
         if not spec.sources:
             raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
-        checks = preflight(spec, self.catalog, self.clock, self.env)  # 20 or 21: no backup
-        evidence = [str(c) for c in checks]
+        try:
+            checks = preflight(spec, self.catalog, self.clock, self.env)  # 20, 21: no backup
+            evidence = [str(c) for c in checks]
+            self._hooks(spec, "before")  # 22: no backup
+            self._backup_checked(spec, outcome, evidence)
+            self._hooks(spec, "after")  # 22, the snapshot is kept
+        except StrongroomError:
+            self._hooks(spec, "failure", quiet=True)
+            raise
+
+    def _hooks(self, spec: JobSpec, when: str, *, quiet: bool = False) -> None:
+        """Run the job's hooks for ``when``; a failing one raises HookFailed (exit 22)."""
+        for hook in (h for h in spec.hooks if h.when == when):
+            check = run_command(spec, f"{when} hook {shlex.join(hook.command)}", hook.command,
+                                hook.on, hook.timeout, self.env)  # fmt: skip
+            if not check.met and not quiet:
+                raise HookFailed(f"{spec.client}/{spec.name}: {check.name}: {check.detail}")
+
+    def _backup_checked(self, spec: JobSpec, outcome: RunOutcome, evidence: list[str]) -> None:
         repo = self._open(spec.repository)
         lock = RepositoryLock(
             repo.backend,

@@ -1,0 +1,73 @@
+"""Job hooks: before (a failure means exit 22 and no snapshot), after, and on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, cli
+
+MP = pytest.MonkeyPatch
+
+
+def _fleet(tmp_path: Path, monkeypatch: MP, before: str, after: str) -> Path:
+    repo = tmp_path / "repo"
+    assert cli("--repo", str(repo), "init").code == 0
+    monkeypatch.delenv("STRONGROOM_PASSWORD")  # the config's password_file must suffice
+    (tmp_path / "pass").write_text(PASSWORD)
+    src = tmp_path / "srv"
+    src.mkdir(exist_ok=True)
+    (src / "data").write_text("x" * 1000)
+    hook = '[[clients.web.hooks]]\nwhen = "{}"\non = "director"\ncommand = {}\n'
+    (tmp_path / "strongroom.toml").write_text(
+        f'[repositories.main]\nurl = "{repo}"\npassword_file = "{tmp_path}/pass"\n\n'
+        '[defaults]\nrepository = "main"\n\n'
+        f'[clients.web]\ntransport = "local"\nsources = ["{src}"]\n\n'
+        + hook.format("before", before)
+        + hook.format("after", after)
+        + hook.format("failure", json.dumps(["touch", str(tmp_path / "failure-ran")]))
+    )
+    return tmp_path
+
+
+def _run() -> tuple[int, dict[str, object]]:
+    r = cli("run", "web", "--json")
+    return r.code, json.loads(r.stdout.splitlines()[-1])
+
+
+def test_hooks_run_around_a_good_backup(tmp_path: Path, monkeypatch: MP) -> None:
+    fleet = _fleet(
+        tmp_path, monkeypatch, '["true"]', json.dumps(["touch", str(tmp_path / "after-ran")])
+    )
+    code, summary = _run()
+    assert code == 0, summary
+    assert summary["snapshot_id"]
+    assert (fleet / "after-ran").exists() and not (fleet / "failure-ran").exists()
+
+
+def test_a_failing_before_hook_is_exit_22_without_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = _fleet(
+        tmp_path, monkeypatch, '["sh", "-c", "echo dump locked >&2; exit 3"]', '["true"]'
+    )
+    code, summary = _run()
+    assert code == 22
+    assert summary["snapshot_id"] is None
+    assert "before hook sh -c" in str(summary["message"]) and "dump locked" in str(
+        summary["message"]
+    )
+    assert (fleet / "failure-ran").exists()
+    r = cli("--repo", "main", "snapshots", "--json")
+    assert json.loads(r.stdout) == []
+
+
+def test_a_failing_after_hook_is_exit_22_and_keeps_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = _fleet(tmp_path, monkeypatch, '["true"]', '["false"]')
+    code, summary = _run()
+    assert code == 22 and summary["snapshot_id"]
+    assert (fleet / "failure-ran").exists()
