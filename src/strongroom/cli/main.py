@@ -38,6 +38,7 @@ COMMANDS = {
     "agent": "agent",
     "mark": "mark",
     "preflight": "mark",
+    "schedule": "schedule",
     "status": "status",
     "report": "report",
     "catalog": "catalog",
