@@ -11,17 +11,23 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from strongroom.agent.protocol import VERSION, ProtocolError, field, read_frame, write_frame
+from strongroom.agent.protocol import (
+    VERSION,
+    Channel,
+    ProtocolError,
+    field,
+    read_frame,
+    write_frame,
+)
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.engine.sink import Stored
-from strongroom.errors import EXIT_INTEGRITY, IntegrityError, StrongroomError
+from strongroom.errors import StrongroomError
 from strongroom.repository import Chunker, ChunkerParams, Node, Snapshot, compression
 from strongroom.repository.snapshot import encode_snapshot
 from strongroom.repository.tree import decode_tree
@@ -31,21 +37,12 @@ class DirectorSink:
     """A BlobSink whose repository is on the director, reached by request and reply."""
 
     def __init__(self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any]) -> None:
-        self._reader, self._writer = reader, writer
-        self._lock = threading.Lock()  # one request in flight: replies come in order
+        self._call = Channel(reader, writer).call
         self.id_key: bytes = field(setup, "id_key", bytes)
         chunker = field(setup, "chunker", list)
         self._params = ChunkerParams(int(chunker[0]), int(chunker[1]), int(chunker[2]))
         self._seed = int(chunker[3])
         self._level = int(field(setup, "compression", int))
-
-    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            write_frame(self._writer, message)
-            reply = read_frame(self._reader, frozenset({"ok", "error"}))
-        if reply["op"] == "error":
-            raise RemoteError(str(reply.get("message", "")), int(reply.get("exit_code", 1)))
-        return reply
 
     def new_chunker(self) -> Chunker:
         return Chunker(self._params, self._seed)
@@ -77,12 +74,6 @@ class DirectorSink:
 
     def commit(self, snapshot: Snapshot) -> str:
         return str(self._call({"op": "commit", "snapshot": encode_snapshot(snapshot)})["id"])
-
-
-class RemoteError(StrongroomError):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def serve(reader: BinaryIO, writer: BinaryIO) -> int:
@@ -127,20 +118,8 @@ class DirectorSource:
     data, only those of the snapshot being restored."""
 
     def __init__(self, reader: BinaryIO, writer: BinaryIO, id_key: bytes) -> None:
-        self._reader, self._writer = reader, writer
-        self._lock = threading.Lock()
+        self._call = Channel(reader, writer).call
         self.id_key = id_key
-
-    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            write_frame(self._writer, message)
-            reply = read_frame(self._reader, frozenset({"ok", "error"}))
-        if reply["op"] == "error":
-            code = int(reply.get("exit_code", 1))
-            if code == EXIT_INTEGRITY:
-                raise IntegrityError(str(reply.get("message", "")))
-            raise RemoteError(str(reply.get("message", "")), code)
-        return reply
 
     def tree(self, tree_id: bytes) -> list[Node]:
         data = field(self._call({"op": "tree", "id": tree_id}), "data", bytes)

@@ -22,6 +22,7 @@ from strongroom.agent.protocol import (
     ProtocolError,
     SessionClosed,
     read_frame,
+    remote_error,
     write_frame,
 )
 from strongroom.agent.protocol import (
@@ -197,9 +198,7 @@ class AgentSession:
             if op == "done":
                 return message
             if op == "failed":
-                error = StrongroomError(f"on the client: {message.get('message', '')}")
-                error.exit_code = int(message.get("exit_code", 1))
-                raise error
+                raise remote_error(message, "on the client: ")
             bid = get(message, "id", bytes)
             if bid not in allowed:
                 raise ProtocolError("the agent asked for data outside the snapshot")
@@ -245,9 +244,7 @@ class AgentSession:
                 warnings = [str(x) for x in message.get("warnings", [])]
                 return AgentResult(committed, warnings, self.log)
             if op == "failed":
-                error = StrongroomError(f"on the client: {message.get('message', '')}")
-                error.exit_code = int(message.get("exit_code", 1))
-                raise error
+                raise remote_error(message, "on the client: ")
             try:
                 reply, snap = self._answer(sink, message, request)
             except StrongroomError as e:

@@ -8,11 +8,12 @@ ends. See docs/agent.md.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any, BinaryIO
 
 import msgspec
 
-from strongroom.errors import StrongroomError
+from strongroom.errors import EXIT_INTEGRITY, IntegrityError, StrongroomError
 
 VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
@@ -29,6 +30,38 @@ class ProtocolError(StrongroomError):
 
 class SessionClosed(ProtocolError):
     """The other side went away (its process ended, or the connection dropped)."""
+
+
+class RemoteError(StrongroomError):
+    """The other side failed and said so, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def remote_error(message: dict[str, Any], prefix: str = "") -> StrongroomError:
+    """The error an ``error`` or ``failed`` message reports; damage stays an IntegrityError
+    (the restorer tells damaged files from other failures by that type)."""
+    text = prefix + str(message.get("message", ""))
+    code = int(message.get("exit_code", 1))
+    return IntegrityError(text) if code == EXIT_INTEGRITY else RemoteError(text, code)
+
+
+class Channel:
+    """Request and reply over one stream pair, one request in flight at a time."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+        self._reader, self._writer = reader, writer
+        self._lock = threading.Lock()
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            write_frame(self._writer, message)
+            reply = read_frame(self._reader, frozenset({"ok", "error"}))
+        if reply["op"] == "error":
+            raise remote_error(reply)
+        return reply
 
 
 def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:

@@ -283,10 +283,3 @@ def _json_default(obj: object) -> object:
 
 
 pass_app = click.make_pass_decorator(App)
-
-
-def display_path(path: bytes | str) -> str:
-    """A path for humans: undecodable bytes shown as \\x escapes, never an exception."""
-    if isinstance(path, str):
-        path = os.fsencode(path)
-    return path.decode("utf-8", "backslashreplace")

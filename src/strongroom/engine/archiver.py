@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 
 from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
-from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
+from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
 from strongroom.engine.sink import BlobSink, RepositorySink
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
@@ -405,7 +405,7 @@ class Archiver:
         snapshot = Snapshot(
             time_ns=request.time_ns if request.time_ns is not None else self.clock.now_ns(),
             tree=root_tree,
-            paths=[display(p) for p in roots],
+            paths=[display_path(p) for p in roots],
             client=request.client,
             job=request.job,
             hostname=request.hostname,
@@ -413,7 +413,7 @@ class Archiver:
             tags=sorted(set(request.tags)),
             program_version=request.program_version,
             summary=summary,
-            warnings=[f"{display(w.path)}: {w.message}" for w in self._warnings[:1000]],
+            warnings=[f"{display_path(w.path)}: {w.message}" for w in self._warnings[:1000]],
             prerequisites=list(request.prerequisites),
         )
         self._on_step("before-snapshot")
@@ -476,11 +476,6 @@ class Archiver:
         self._finish_dir(holder)
         assert holder.tree_id is not None
         return holder.tree_id
-
-
-def display(path: bytes | str) -> str:
-    """Text for a path that may not be UTF-8: undecodable bytes become \\x escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _normalize_paths(paths: Sequence[str]) -> list[bytes]:

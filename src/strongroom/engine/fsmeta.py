@@ -29,6 +29,12 @@ def group_name(gid: int) -> str:
         return ""
 
 
+def display_path(path: bytes | str) -> str:
+    """Text for a path that may not be UTF-8: undecodable bytes become \\x escapes,
+    never an exception."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def node_type(mode: int) -> str:
     if stat.S_ISREG(mode):
         return tree.FILE

@@ -25,6 +25,7 @@ from strongroom.clock import Clock
 from strongroom.config import Config, JobSpec
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.fsmeta import display_path
 from strongroom.engine.walk import walk
 from strongroom.errors import (
     EXIT_FATAL,
@@ -287,7 +288,7 @@ def snapshot_record(repo_name: str, snapshot: Snapshot) -> SnapshotRecord:
 def path_entries(repo: Repository, snapshot: Snapshot) -> list[PathEntry]:
     return [
         PathEntry(
-            path=path.decode("utf-8", "backslashreplace"),
+            path=display_path(path),
             type=node.type,
             size=node.size,
             mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),

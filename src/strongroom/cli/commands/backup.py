@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from strongroom import __version__
-from strongroom.cli.context import App, default_client, display_path, pass_app
+from strongroom.cli.context import App, default_client, pass_app
 from strongroom.cli.progress import BackupProgressLine
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.fsmeta import display_path
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from strongroom.cli.context import App, display_path, pass_app
+from strongroom.cli.context import App, pass_app
+from strongroom.engine.fsmeta import display_path
 from strongroom.engine.walk import find_node, walk
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, Node, Repository
