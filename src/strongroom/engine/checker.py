@@ -96,13 +96,14 @@ class Checker:
                 f"{len(orphans)} pack(s) not in any index (left by an interrupted backup; "
                 "harmless, reclaimed by prune)"
             )
-        for pack_id in indexed & set(stored):
-            if storage_id_shape(pack_id) is False:
+        present = sorted(indexed & stored.keys())
+        for pack_id in present:
+            if not storage_id_shape(pack_id):
                 result.errors.append(f"pack {pack_id[:8]}: malformed name")
 
         bad_blobs: set[bytes] = set()
         if read_data:
-            to_read = select_subset(sorted(indexed & set(stored)), subset)
+            to_read = select_subset(present, subset)
             groups = repo.index.by_pack()
             for done, pack_id in enumerate(to_read, 1):
                 self._read_pack(pack_id, groups.get(pack_id, []), result, bad_blobs)
