@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from strongroom.config.base import ConfigModel
 from strongroom.config.clients import ClientSpec, DefaultsSpec
 from strongroom.config.errors import ConfigError, ConfigIssue
-from strongroom.config.jobs import CONNECTION_KEYS, JOB_KEYS, JobSpec, Retention
+from strongroom.config.jobs import (
+    CONNECTION_KEYS,
+    JOB_KEYS,
+    CopySpec,
+    JobSpec,
+    ResolvedCopy,
+    Retention,
+)
 from strongroom.config.lines import KeyLines, KeyPath, key_path
 from strongroom.config.merge import BUILT_IN, layer_of, merge_layers
 from strongroom.config.names import Name, listing, quote, unknown
@@ -142,7 +149,8 @@ class Config(ConfigModel):
     def _has_default_job(self, spec: ClientSpec) -> bool:
         if DEFAULT_JOB in spec.jobs:
             return True
-        return bool(merge_layers(self._layer(self.defaults), self._layer(spec)).get("sources"))
+        merged = merge_layers(self._layer(self.defaults), self._layer(spec))
+        return bool(merged.get("sources") or merged.get("streams"))
 
     def _resolve(self, client: str, name: str) -> JobSpec:
         spec = self.clients[client]
@@ -155,7 +163,17 @@ class Config(ConfigModel):
         )
         path: KeyPath = ("clients", client) if own is None else ("clients", client, "jobs", name)
         self._check_resolved(path, merged)
-        merged["retention"] = self._retention(path, merged["retention"])
+        retention = merged["retention"] = self._retention(path, merged["retention"])
+        copies = cast(list[CopySpec], merged["copies"])
+        merged["copies"] = [
+            ResolvedCopy(
+                repository=copy.repository,
+                retention=retention
+                if copy.retention is None
+                else self._retention((*path, "copies", index), copy.retention),
+            )
+            for index, copy in enumerate(copies)
+        ]
         fields = {
             "client": client,
             "name": name,
@@ -179,8 +197,16 @@ class Config(ConfigModel):
             )
         elif merged["repository"] not in self.repositories:
             issues.append(self.issue((*path, "repository"), self._unknown_repository(merged)))
-        if not merged["sources"]:
-            issues.append(self.issue((*path, "sources"), "no sources to back up"))
+        if not merged["sources"] and not merged["streams"]:
+            issues.append(self.issue((*path, "sources"), "no sources or streams to back up"))
+        copies: list[CopySpec] = merged["copies"]
+        for index, copy in enumerate(copies):
+            if copy.repository not in self.repositories:
+                message = unknown("repository", copy.repository, self.repositories)
+                issues.append(self.issue((*path, "copies", index, "repository"), message))
+            elif copy.repository == merged.get("repository"):
+                message = "an off-site copy must go to another repository than the job's own"
+                issues.append(self.issue((*path, "copies", index, "repository"), message))
         if issues:
             raise ConfigError(issues)
 

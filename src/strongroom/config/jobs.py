@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from strongroom.config.base import (
     AbsolutePath,
@@ -76,6 +76,24 @@ class Hook(ConfigModel):
     timeout: Timeout = 600
 
 
+class Stream(ConfigModel):
+    """A command whose stdout is stored as the file ``name`` in the snapshot (a database
+    dump, say), with no temporary file; a non-zero exit fails the run."""
+
+    name: Text
+    command: Command
+    on: Where = "client"
+    timeout: Timeout = 6 * 3600
+
+    @field_validator("name")
+    @classmethod
+    def _relative_safe_name(cls, name: str) -> str:
+        parts = name.split("/")
+        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError("a stream name is a relative path without '.' or '..' parts")
+        return name
+
+
 def _retention_kind(value: object) -> str:
     return "policy" if isinstance(value, str) else "table"
 
@@ -87,6 +105,14 @@ RetentionSetting = Annotated[
 ]
 
 
+class CopySpec(ConfigModel):
+    """An off-site copy: after a successful backup, the job's new snapshots are copied to
+    ``repository``, where ``retention`` (inherit the job's when left out) applies."""
+
+    repository: Name
+    retention: RetentionSetting | None = None
+
+
 class JobSettings(ConfigModel):
     """What a layer (defaults, client, named job) may set; None means inherit."""
 
@@ -95,7 +121,9 @@ class JobSettings(ConfigModel):
     exclude: list[Text] | None = None
     requires: list[Requirement] | None = None
     hooks: list[Hook] | None = None
+    streams: list[Stream] | None = None
     retention: RetentionSetting | None = None
+    copies: list[CopySpec] | None = None
     notify: list[Name] | None = None
     tags: list[Name] | None = None
     schedule: Text | None = None
@@ -108,6 +136,13 @@ class ConnectionSettings(ConfigModel):
     port: Port | None = None
     ssh_command: Command | None = None
     agent_command: Command | None = None
+
+
+class ResolvedCopy(ConfigModel):
+    """An off-site copy with its retention resolved."""
+
+    repository: str
+    retention: Retention
 
 
 JOB_KEYS = tuple(JobSettings.model_fields)
@@ -134,7 +169,9 @@ class JobSpec(ConfigModel):
     exclude: tuple[str, ...]
     requires: tuple[Requirement, ...]
     hooks: tuple[Hook, ...]
+    streams: tuple[Stream, ...] = ()
     retention: Retention
+    copies: tuple[ResolvedCopy, ...] = ()
     notify: tuple[str, ...]
     tags: tuple[str, ...]
     schedule: str | None = None

@@ -17,6 +17,8 @@ BUILT_IN: Mapping[str, object] = {
     "exclude": [],
     "requires": [],
     "hooks": [],
+    "streams": [],
+    "copies": [],
     "retention": Retention(),
     "notify": [],
     "tags": [],
