@@ -16,6 +16,8 @@ Errors become exit codes in exactly one place: ``strongroom.cli.main``.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_SUCCESS = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
@@ -52,10 +54,14 @@ class StrongroomError(Exception):
     exit_code = EXIT_FATAL
     hint = ""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+        # Structured facts for events and JSON output (never secrets).
+        self.details: dict[str, Any] = details or {}
 
 
 class UsageError(StrongroomError):

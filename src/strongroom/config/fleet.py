@@ -20,7 +20,7 @@ from strongroom.config.jobs import (
 from strongroom.config.lines import KeyLines, KeyPath, key_path
 from strongroom.config.merge import BUILT_IN, layer_of, merge_layers
 from strongroom.config.names import Name, listing, quote, unknown
-from strongroom.config.repositories import CatalogSpec, RepositorySpec
+from strongroom.config.repositories import CatalogSpec, MetricsSpec, RepositorySpec
 from strongroom.config.sinks import Sink
 
 DEFAULT_JOB = "default"
@@ -37,6 +37,7 @@ class Config(ConfigModel):
     defaults: DefaultsSpec = DefaultsSpec()
     clients: dict[Name, ClientSpec] = Field(default_factory=dict)
     notify: dict[Name, Sink] = Field(default_factory=dict)
+    metrics: MetricsSpec | None = None
 
     _file: str = PrivateAttr(default="strongroom.toml")
     _lines: KeyLines | None = PrivateAttr(default=None)

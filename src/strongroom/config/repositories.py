@@ -22,6 +22,13 @@ class CatalogSpec(ConfigModel):
     url: SecretStr
 
 
+class MetricsSpec(ConfigModel):
+    """Where `run` and `status` write Prometheus metrics for the node exporter's
+    textfile collector (a ``.prom`` file, replaced atomically)."""
+
+    textfile: ConfigPath
+
+
 class RepositorySpec(ConfigModel):
     """A repository's location and where its password comes from (a file, a command, or
     the environment when neither is given)."""

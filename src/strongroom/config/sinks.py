@@ -16,9 +16,12 @@ Facility = Literal[
 
 
 class SinkBase(ConfigModel):
-    """``events`` filters what a sink receives; left out, it receives every event."""
+    """``events`` filters what a sink receives; left out, it receives every event.
+    ``max_attempts`` bounds the retries of one event (with backoff from 30 s up to an
+    hour, the default reaches about two days) before it is marked failed."""
 
     events: list[EventName] | None = None
+    max_attempts: Annotated[int, Field(ge=1)] = 60
 
     def wants(self, event: str) -> bool:
         return self.events is None or event in self.events
@@ -33,11 +36,13 @@ class CommandSink(SinkBase):
 
 
 class WebhookSink(SinkBase):
-    """POSTs the event as JSON. The URL and header values often carry tokens: secret."""
+    """POSTs the event as JSON. The URL and header values often carry tokens: secret.
+    With ``secret_file``, each request carries an HMAC-SHA256 signature header."""
 
     kind: Literal["webhook"]
     url: SecretStr
     headers: dict[Text, SecretStr] = Field(default_factory=dict)
+    secret_file: ConfigPath | None = None
     timeout: Timeout = 10
 
     @field_validator("url")

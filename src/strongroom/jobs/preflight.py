@@ -54,7 +54,11 @@ def preflight(spec: JobSpec, catalog: Catalog, clock: Clock, env: Mapping[str, s
     if unmet:
         raise PrerequisiteFailed(
             f"{spec.client}/{spec.name}: prerequisite not met: "
-            + "; ".join(f"{c.name} ({c.detail})" for c in unmet)
+            + "; ".join(f"{c.name} ({c.detail})" for c in unmet),
+            details={
+                "unmet": [{"requirement": c.name, "reason": c.detail} for c in unmet],
+                "met": [{"requirement": c.name, "evidence": c.detail} for c in checks if c.met],
+            },
         )
     return checks
 
@@ -65,8 +69,10 @@ def reachable(spec: JobSpec) -> Check:
     try:
         socket.create_connection((spec.host, spec.port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
+        reason = e.strerror or str(e)
         raise ClientUnreachable(
-            f"{spec.client}: cannot connect to {spec.host}:{spec.port}: {e.strerror or e}"
+            f"{spec.client}: cannot connect to {spec.host}:{spec.port}: {reason}",
+            details={"host": spec.host, "port": spec.port, "reason": reason},
         ) from None
     return Check("reachable", True, f"{spec.host}:{spec.port} answered")
 

@@ -28,14 +28,17 @@ from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.walk import walk
 from strongroom.errors import (
+    EXIT_CLIENT_UNREACHABLE,
     EXIT_FATAL,
     EXIT_HOOK,
+    EXIT_PREREQUISITE,
     EXIT_SUCCESS,
     EXIT_WARNINGS,
     StrongroomError,
     UsageError,
 )
 from strongroom.jobs.locks import JobLock
+from strongroom.jobs.notifier import Notifier
 from strongroom.jobs.preflight import preflight, run_command
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
@@ -48,6 +51,20 @@ class HookFailed(StrongroomError):
 
 # `run` over several clients exits with the worst code, in this order (SPEC.md).
 PRECEDENCE = (1, 13, 10, 12, 11, 20, 21, 22, 3, 0)
+
+
+# The event that ends a run, by exit code; any other code is run.failed.
+OUTCOME_EVENTS = {
+    EXIT_SUCCESS: "run.succeeded",
+    EXIT_WARNINGS: "run.warning",
+    EXIT_CLIENT_UNREACHABLE: "client.unreachable",
+    EXIT_PREREQUISITE: "prerequisite.failed",
+    EXIT_HOOK: "hook.failed",
+}
+
+
+def outcome_event(outcome: RunOutcome) -> str:
+    return OUTCOME_EVENTS.get(outcome.exit_code, "run.failed")
 
 
 def worst_exit_code(codes: list[int]) -> int:
@@ -68,6 +85,7 @@ class RunOutcome:
     message: str = ""
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # for the event
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,28 +113,58 @@ class Director:
     cache_dir: Path
     env: Mapping[str, str]
     hostname: str = field(default_factory=socket.gethostname)
+    notifier: Notifier | None = None
     _repos: dict[str, Repository] = field(default_factory=dict)
     _repos_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, client: str, job: str | None = None, *, wait_s: float = 0.0) -> RunOutcome:
-        """Run one job; StrongroomErrors become the outcome's exit code."""
+    def run(
+        self,
+        client: str,
+        job: str | None = None,
+        *,
+        wait_s: float = 0.0,
+        window: str | None = None,
+    ) -> RunOutcome:
+        """Run one job; StrongroomErrors become the outcome's exit code.
+
+        With ``window``, at most one run per job and window succeeds: once one has, a
+        retry returns at once with exit 0 and names that run.
+        """
         spec = self.config.job(client, job)
         try:
             lock = JobLock(self.state_dir, spec.client, spec.name, self.clock).acquire(wait_s)
         except StrongroomError as e:
-            return RunOutcome(spec.client, spec.name, e.exit_code, "locked", message=str(e))
+            outcome = RunOutcome(spec.client, spec.name, e.exit_code, "locked", message=str(e))
+            self._notify(outcome)
+            return outcome
         with lock:
-            return self._run_locked(spec)
+            if window is not None and (done := self.catalog.window_success(
+                    spec.client, spec.name, window)):  # fmt: skip
+                return RunOutcome(
+                    spec.client, spec.name, EXIT_SUCCESS, "skipped", done.id, done.snapshot_id,
+                    message=f"window {window} already succeeded in run {done.id}"
+                    + (f" (snapshot {done.snapshot_id[:8]})" if done.snapshot_id else ""),
+                    summary={"window": window, "existing_run_id": done.id},
+                )  # fmt: skip
+            return self._run_locked(spec, window)
 
-    def _run_locked(self, spec: JobSpec) -> RunOutcome:
+    def _run_locked(self, spec: JobSpec, window: str | None = None) -> RunOutcome:
         self.catalog.upsert_client(spec.client, host=spec.host)
-        run_id = self.catalog.start_run(spec.client, spec.name, director=self.hostname)
+        run_id = self.catalog.start_run(
+            spec.client, spec.name, director=self.hostname, window=window
+        )
         outcome = RunOutcome(spec.client, spec.name, EXIT_FATAL, "failed", run_id)
+        if self.notifier is not None:
+            self.notifier.emit(self.notifier.event(
+                "run.started", client=spec.client, job=spec.name, run_id=run_id,
+                message=f"{spec.client}/{spec.name}: backup started on {self.hostname}",
+            ))  # fmt: skip
         try:
             self._backup(spec, outcome)
         except StrongroomError as e:
             outcome.exit_code, outcome.status = e.exit_code, "failed"
             outcome.message = str(e) + (f" ({e.hint})" if e.hint else "")
+            outcome.details = dict(e.details)
         except Exception as e:  # a bug: record it, never lose the run
             outcome.exit_code, outcome.status = EXIT_FATAL, "failed"
             outcome.message = f"internal error: {type(e).__name__}: {e}"
@@ -139,7 +187,32 @@ class Director:
             message=outcome.message or None,
             log="\n".join(outcome.warnings) or None,
         )
+        self._notify(outcome)
         return outcome
+
+    def _notify(self, outcome: RunOutcome) -> None:
+        """The one event that says how a run ended (R11: exactly one per run)."""
+        if self.notifier is None:
+            return
+        name = outcome_event(outcome)
+        message = outcome.message or f"{outcome.client}/{outcome.job}: {outcome.status}"
+        if name in ("run.succeeded", "run.warning") and not outcome.message:
+            message = (
+                f"{outcome.client}/{outcome.job}: snapshot {(outcome.snapshot_id or '')[:8]}"
+                + (f" with {len(outcome.warnings)} warning(s)" if outcome.warnings else "")
+            )
+        details: dict[str, Any] = {"status": outcome.status, **outcome.details}
+        if outcome.snapshot_id:
+            details["snapshot_id"] = outcome.snapshot_id
+        if outcome.warnings and outcome.exit_code == EXIT_WARNINGS:
+            details["warnings"] = outcome.warnings[:20]
+        for key in ("bytes_read", "bytes_new", "bytes_stored", "files", "duration_s"):
+            if key in outcome.summary:
+                details[key] = outcome.summary[key]
+        self.notifier.emit(self.notifier.event(
+            name, client=outcome.client, job=outcome.job, run_id=outcome.run_id,
+            exit_code=outcome.exit_code, message=message, details=details,
+        ))  # fmt: skip
 
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
         if not spec.sources:
@@ -160,7 +233,11 @@ class Director:
             check = run_command(spec, f"{when} hook {shlex.join(hook.command)}", hook.command,
                                 hook.on, hook.timeout, self.env)  # fmt: skip
             if not check.met and not quiet:
-                raise HookFailed(f"{spec.client}/{spec.name}: {check.name}: {check.detail}")
+                raise HookFailed(
+                    f"{spec.client}/{spec.name}: {check.name}: {check.detail}",
+                    details={"hook": when, "command": list(hook.command), "on": hook.on,
+                             "reason": check.detail},
+                )  # fmt: skip
 
     def _backup_checked(self, spec: JobSpec, outcome: RunOutcome, evidence: list[str]) -> None:
         repo = self._open(spec.repository)

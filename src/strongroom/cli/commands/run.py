@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 
+from strongroom.catalog import Catalog
 from strongroom.cli.context import App, pass_app
-from strongroom.config import parse_duration
+from strongroom.config import Config, parse_duration
 from strongroom.errors import UsageError
+from strongroom.jobs.notifier import DeliveryReport, Notifier
 from strongroom.jobs.run import Director, RunOutcome, worst_exit_code
 
 
@@ -33,6 +35,12 @@ from strongroom.jobs.run import Director, RunOutcome, worst_exit_code
     metavar="DURATION",
     help="If the job is already running, wait this long for it (default: exit 11).",
 )
+@click.option(
+    "--window",
+    metavar="NAME",
+    help="At most one successful run per job in this window (e.g. the night's date): "
+    "a retry after a success exits 0 and names the existing run.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would run; change nothing.")
 @pass_app
 def run_command(
@@ -43,6 +51,7 @@ def run_command(
     job: str | None,
     parallel: int,
     wait: str | None,
+    window: str | None,
     dry_run: bool,
 ) -> int:
     """Run configured jobs: backup, catalog records. Exits with the worst code of all runs."""
@@ -75,15 +84,18 @@ def run_command(
         return 0
     catalog = app.open_catalog(config)
     try:
+        env = dict(os.environ)
+        notifier = Notifier(config, catalog, app.clock, env)
         director = Director(
-            config, catalog, app.clock, app.state_dir(), app.cache_dir(), dict(os.environ)
-        )
+            config, catalog, app.clock, app.state_dir(), app.cache_dir(), env,
+            notifier=notifier,
+        )  # fmt: skip
 
         progress = RunProgress(app, len(specs))
 
         def one(spec_client: str, spec_job: str) -> RunOutcome:
             progress.started(spec_client)
-            outcome = director.run(spec_client, spec_job, wait_s=wait_s)
+            outcome = director.run(spec_client, spec_job, wait_s=wait_s, window=window)
             progress.finished(outcome)
             _report(app, outcome)
             return outcome
@@ -94,6 +106,10 @@ def run_command(
         finally:
             progress.close()
             director.close()
+        # Retry whatever earlier runs could not deliver; a sink's trouble is reported,
+        # never turned into the run's exit code (the events wait in the outbox).
+        report_deliveries(app, notifier.deliver())
+        write_metrics(app, config, catalog)
     finally:
         catalog.close()
     code = worst_exit_code([o.exit_code for o in outcomes])
@@ -151,7 +167,7 @@ def _report(app: App, outcome: RunOutcome) -> None:
         return
     for w in outcome.warnings[:20]:
         app.warn(f"{outcome.client}: {w}")
-    if outcome.snapshot_id:
+    if outcome.snapshot_id and outcome.status != "skipped":
         s = outcome.summary
         app.result(
             f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}, "
@@ -163,3 +179,22 @@ def _report(app: App, outcome: RunOutcome) -> None:
             f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}: "
             f"{outcome.message}"
         )
+
+
+def report_deliveries(app: App, report: DeliveryReport) -> None:
+    for event_id, sink, error in report.failed:
+        app.warn(f"event {event_id[:8]} not delivered to {sink} (will retry): {error}")
+    for event_id, sink, error in report.given_up:
+        app.warn(f"event {event_id[:8]} given up for {sink}: {error}")
+
+
+def write_metrics(app: App, config: Config, catalog: Catalog) -> None:
+    """Refresh the Prometheus textfile, when the config names one."""
+    if config.metrics is None:
+        return
+    from strongroom.jobs.metrics import fleet_registry, write_textfile
+
+    try:
+        write_textfile(config.metrics.textfile, fleet_registry(catalog, sorted(config.clients)))
+    except OSError as e:
+        app.warn(f"cannot write metrics to {config.metrics.textfile}: {e.strerror}")
