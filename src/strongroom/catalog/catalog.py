@@ -270,6 +270,60 @@ class Catalog:
 
         return self._read(read)
 
+    def window_success(self, client: str, job: str, window: str) -> Run | None:
+        """The successful run (succeeded or warning) of this job in ``window``, if any."""
+        r = t.runs
+        query = (
+            sa.select(*_run_columns(False))
+            .where(
+                r.c.client == client,
+                r.c.job == job,
+                r.c.window == window,
+                r.c.status.in_([RunStatus.SUCCEEDED.value, RunStatus.WARNING.value]),
+            )
+            .order_by(r.c.finished_at.desc())
+            .limit(1)
+        )
+
+        def read(conn: Connection) -> Run | None:
+            row = conn.execute(query).first()
+            return None if row is None else _run(row)
+
+        return self._read(read)
+
+    def job_states(self) -> list[tuple[Run, datetime | None]]:
+        """The last finished run of every (client, job), with the time its last
+        successful (or warning) run finished; two grouped queries, no scan in Python."""
+        r = t.runs
+        last = (
+            sa.select(r.c.client, r.c.job, sa.func.max(r.c.started_at).label("started"))
+            .where(r.c.finished_at.is_not(None))
+            .group_by(r.c.client, r.c.job)
+            .subquery()
+        )
+        latest = sa.select(*_run_columns(False)).join(
+            last,
+            sa.and_(
+                r.c.client == last.c.client,
+                r.c.job == last.c.job,
+                r.c.started_at == last.c.started,
+                r.c.finished_at.is_not(None),
+            ),
+        )
+        ok = [RunStatus.SUCCEEDED.value, RunStatus.WARNING.value]
+        success = (
+            sa.select(r.c.client, r.c.job, sa.func.max(r.c.finished_at).label("at"))
+            .where(r.c.status.in_(ok))
+            .group_by(r.c.client, r.c.job)
+        )
+
+        def read(conn: Connection) -> list[tuple[Run, datetime | None]]:
+            runs = {(row.client, row.job): _run(row) for row in conn.execute(latest)}
+            ats = {(row.client, row.job): row.at for row in conn.execute(success)}
+            return [(runs[key], ats.get(key)) for key in sorted(runs)]
+
+        return self._read(read)
+
     def last_runs(self, client: str | None = None, *, with_logs: bool = False) -> list[Run]:
         """The most recent run (by start time) of each client, or of one; one query."""
         latest = t.runs.alias("latest")
