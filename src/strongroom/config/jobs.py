@@ -136,6 +136,7 @@ class ConnectionSettings(ConfigModel):
     port: Port | None = None
     ssh_command: Command | None = None
     agent_command: Command | None = None
+    ping_command: Command | None = None  # run on the director; "{host}" is replaced
 
 
 class ResolvedCopy(ConfigModel):
@@ -163,6 +164,7 @@ class JobSpec(ConfigModel):
     port: int
     ssh_command: tuple[str, ...]
     agent_command: tuple[str, ...]
+    ping_command: tuple[str, ...] | None = None
     groups: tuple[str, ...]
     repository: str
     sources: tuple[str, ...]

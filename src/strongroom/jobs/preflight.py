@@ -74,7 +74,30 @@ def reachable(spec: JobSpec) -> Check:
             f"{spec.client}: cannot connect to {spec.host}:{spec.port}: {reason}",
             details={"host": spec.host, "port": spec.port, "reason": reason},
         ) from None
+    if spec.ping_command:
+        ping(spec)
     return Check("reachable", True, f"{spec.host}:{spec.port} answered")
+
+
+def ping(spec: JobSpec) -> None:
+    """The optional ``ping_command`` (``{host}`` replaced); a failure is exit 20."""
+    assert spec.ping_command is not None
+    argv = [word.replace("{host}", spec.host) for word in spec.ping_command]
+    try:
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=CONNECT_TIMEOUT_S * 3, check=False,
+        )  # fmt: skip
+        reason = None if proc.returncode == 0 else f"exited {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        reason = f"no answer in {CONNECT_TIMEOUT_S * 3:g}s"
+    except OSError as e:
+        reason = f"could not run: {e.strerror}"
+    if reason is not None:
+        raise ClientUnreachable(
+            f"{spec.client}: ping command {shlex.join(argv)} {reason}",
+            details={"host": spec.host, "port": spec.port, "reason": f"ping {reason}"},
+        )
 
 
 def requirement(
