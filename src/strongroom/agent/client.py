@@ -2,8 +2,10 @@
 
 It answers one director over stdin/stdout: ``hello``, then one ``backup`` request. It
 runs the same archiver as a local backup, with a sink that asks the director which
-chunks it lacks and sends only those, compressed. It never sees the encryption key or
-any storage credential, and has no way to delete or overwrite anything.
+chunks it lacks and sends only those, compressed; the job's client-side streams (the
+commands the director names, a database dump say) are read by that archiver too. It
+never sees the encryption key or any storage credential, and has no way to delete or
+overwrite anything.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from strongroom.agent.protocol import (
+    MINOR,
     VERSION,
     Channel,
     ProtocolError,
@@ -27,6 +30,7 @@ from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.engine.sink import Stored
+from strongroom.engine.streams import CommandStream
 from strongroom.errors import StrongroomError
 from strongroom.repository import Chunker, ChunkerParams, Node, Snapshot, compression
 from strongroom.repository.snapshot import encode_snapshot
@@ -80,15 +84,16 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
     """Run one agent session; the exit code tells the director how it ended."""
     hello = read_frame(reader, frozenset({"hello"}))
     if hello.get("version") != VERSION:
-        write_frame(writer, {"op": "hello", "version": VERSION, "ok": False})
+        write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": False})
         return 2
-    write_frame(writer, {"op": "hello", "version": VERSION, "ok": True})
+    write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": True})
     request = read_frame(reader, frozenset({"backup", "restore"}))
     if request["op"] == "restore":
         return _restore(reader, writer, request)
     sink = DirectorSink(reader, writer, request)
     paths = [str(p) for p in field(request, "paths", list)]
     try:
+        streams = _streams(request)
         result = Archiver(
             None, SystemClock(), FilesCache(_cache_path(request.get("cache_key"))), sink=sink
         ).backup(
@@ -101,6 +106,7 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
                 hostname=str(request.get("hostname", "")),
                 username=str(request.get("username", "")),
                 program_version=str(request.get("program_version", "")),
+                streams=streams,
             )
         )
     except StrongroomError as e:
@@ -111,6 +117,26 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         "warnings": [f"{w.path}: {w.message}" for w in result.warnings] + result.notes,
     })  # fmt: skip
     return 0
+
+
+def _streams(request: dict[str, Any]) -> list[CommandStream]:
+    """The streams a ``backup`` request names: each command is run here, without a
+    shell, and its output stored as a file (minor version 1)."""
+    items = request.get("streams", [])
+    if not isinstance(items, list):
+        raise ProtocolError("message 'backup': bad field 'streams'")
+    streams = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ProtocolError("message 'backup': a stream is not a map")
+        command = field(item, "command", list)
+        timeout = item.get("timeout")
+        if not all(isinstance(word, str) for word in command) or not (
+            timeout is None or (isinstance(timeout, int | float) and timeout > 0)
+        ):
+            raise ProtocolError("message 'backup': malformed stream")
+        streams.append(CommandStream(field(item, "name", str), command, timeout))
+    return streams
 
 
 class DirectorSource:

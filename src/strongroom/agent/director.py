@@ -4,7 +4,9 @@ The agent proposes chunk ids; the director says which it lacks; for those the ag
 sends zstd-compressed data, which the director decompresses (bounded), checks against
 the keyed id (a client cannot poison the repository with wrong data under another
 client's id), encrypts and packs. The snapshot's client and job are the director's,
-never the agent's word.
+never the agent's word. Streams the job runs on the director are read here, into the
+same packs, while the agent walks the client, and grafted below /stdin of the agent's
+tree before the snapshot is written; any failing stream means no snapshot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import IO, Any
 import msgspec
 
 from strongroom.agent.protocol import (
+    MINOR,
+    MINOR_STREAMS,
     VERSION,
     ProtocolError,
     SessionClosed,
@@ -29,16 +33,19 @@ from strongroom.agent.protocol import (
     field as get,
 )
 from strongroom.clock import Clock
+from strongroom.engine.archiver import Archiver
+from strongroom.engine.fsmeta import display_path
 from strongroom.engine.sink import RepositorySink
+from strongroom.engine.streams import CommandStream, StreamSource, graft, stream_path
 from strongroom.errors import (
     EXIT_CLIENT_UNREACHABLE,
     IntegrityError,
     StrongroomError,
 )
-from strongroom.repository import DATA, TREE, Repository, Snapshot, compression
+from strongroom.repository import DATA, TREE, Node, Repository, Snapshot, Summary, compression
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.snapshot import decode_snapshot
-from strongroom.repository.tree import decode_tree
+from strongroom.repository.tree import FILE, decode_tree, encode_tree
 
 REQUESTS = frozenset({"known", "claim", "store", "finish", "discard", "commit", "done", "failed"})
 
@@ -61,6 +68,9 @@ class AgentBackup:
     username: str = ""
     program_version: str = ""
     prerequisites: Sequence[str] = ()
+    # Run by the agent on the client (name, command and timeout are sent), and here.
+    client_streams: Sequence[CommandStream] = ()
+    director_streams: Sequence[StreamSource] = ()
 
 
 @dataclass
@@ -77,6 +87,51 @@ class AgentRestore:
     includes: Sequence[str] = ()
     excludes: Sequence[str] = ()
     verify: bool = False
+
+
+class _DirectorStreams:
+    """A job's director-side streams, read on a thread while the agent walks the client,
+    into the session's packs; waited for before those packs are finished."""
+
+    def __init__(self, streams: Sequence[StreamSource], sink: RepositorySink, clock: Clock):
+        self._streams = list(streams)
+        self._archiver = Archiver(None, clock, sink=sink, workers=1)
+        self._nodes: list[tuple[str, Node]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="strongroom-stream", daemon=True)
+
+    def start(self) -> None:
+        if self._streams:
+            self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for stream in self._streams:
+                self._nodes.append((stream.name, self._archiver.archive_stream(stream)))
+        except BaseException as e:
+            self._error = e
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def wait(self) -> list[tuple[str, Node]]:
+        """Each stream's name and file node, once all are stored; or the failure."""
+        if self._thread.ident is not None:
+            self._thread.join()
+        self.raise_if_failed()
+        return self._nodes
+
+    def stop(self) -> None:
+        """The session failed: stop the commands, and wait until nothing writes."""
+        for stream in self._streams:
+            stream.stop()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    @property
+    def summary(self) -> Summary:
+        return self._archiver.summary
 
 
 class AgentSession:
@@ -100,7 +155,15 @@ class AgentSession:
 
     def backup(self, request: AgentBackup) -> AgentResult:
         sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
-        result = self._with_agent(lambda r, w: self._session(r, w, sink, request), sink.discard)
+        streams = _DirectorStreams(request.director_streams, sink, self.clock)
+
+        def on_failure() -> None:
+            streams.stop()  # first: a stream's thread may be writing into the sink
+            sink.discard()
+
+        result = self._with_agent(
+            lambda r, w: self._session(r, w, sink, request, streams), on_failure
+        )
         assert isinstance(result, AgentResult)
         return result
 
@@ -171,9 +234,10 @@ class AgentSession:
         detail = self.log.strip().splitlines()[-1:] or ["no output"]
         return ClientUnreachable(f"{what}: {detail[0]}")
 
-    def _hello(self, r: Any, w: Any) -> None:
+    def _hello(self, r: Any, w: Any) -> int:
+        """Exchange hellos; the agent's minor version (0 when it predates them)."""
         try:
-            write_frame(w, {"op": "hello", "version": VERSION})
+            write_frame(w, {"op": "hello", "version": VERSION, "minor": MINOR})
             hello = read_frame(r, frozenset({"hello"}))
         except (SessionClosed, BrokenPipeError, ConnectionResetError):
             raise self._unreachable("the agent did not answer") from None
@@ -181,6 +245,8 @@ class AgentSession:
             raise ProtocolError(
                 f"the agent speaks protocol {hello.get('version')!r}, this director {VERSION}"
             )
+        minor = hello.get("minor", 0)
+        return minor if isinstance(minor, int) and not isinstance(minor, bool) else 0
 
     def _restore(self, r: Any, w: Any, request: AgentRestore) -> dict[str, Any]:
         self._hello(r, w)
@@ -220,9 +286,28 @@ class AgentSession:
                 continue
             write_frame(w, {"op": "ok", **reply})
 
-    def _session(self, r: Any, w: Any, sink: RepositorySink, request: AgentBackup) -> AgentResult:
-        self._hello(r, w)
+    def _session(
+        self,
+        r: Any,
+        w: Any,
+        sink: RepositorySink,
+        request: AgentBackup,
+        streams: _DirectorStreams,
+    ) -> AgentResult:
+        minor = self._hello(r, w)
+        if request.client_streams and minor < MINOR_STREAMS:
+            raise ProtocolError(
+                f"the client's agent speaks protocol {VERSION}.{minor}, and streams run on "
+                f"the client need {VERSION}.{MINOR_STREAMS}",
+                hint='upgrade strongroom on the client, or run the stream with on = "director"',
+            )
         params = self.repo.chunker_params
+        extra: dict[str, Any] = {}
+        if request.client_streams:  # only then: an agent before 1.1 would not know it
+            extra["streams"] = [
+                {"name": s.name, "command": list(s.command), "timeout": s.timeout_s}
+                for s in request.client_streams
+            ]
         write_frame(w, {
             "op": "backup", "paths": list(request.paths), "client": request.client,
             "job": request.job, "tags": list(request.tags), "excludes": list(request.excludes),
@@ -232,8 +317,9 @@ class AgentSession:
             "id_key": self.repo.master.id_key,
             "chunker": [params.min_size, params.avg_size, params.max_size,
                         self.repo.master.chunker_seed],
-            "compression": self.repo.config.compression_level,
+            "compression": self.repo.config.compression_level, **extra,
         })  # fmt: skip
+        streams.start()
         committed: Snapshot | None = None
         while True:
             message = read_frame(r, REQUESTS)
@@ -246,7 +332,7 @@ class AgentSession:
             if op == "failed":
                 raise remote_error(message, "on the client: ")
             try:
-                reply, snap = self._answer(sink, message, request)
+                reply, snap = self._answer(sink, message, request, streams)
             except StrongroomError as e:
                 write_frame(w, {"op": "error", "message": str(e), "exit_code": e.exit_code})
                 raise
@@ -255,8 +341,13 @@ class AgentSession:
             write_frame(w, {"op": "ok", **reply})
 
     def _answer(
-        self, sink: RepositorySink, message: dict[str, Any], request: AgentBackup
+        self,
+        sink: RepositorySink,
+        message: dict[str, Any],
+        request: AgentBackup,
+        streams: _DirectorStreams,
     ) -> tuple[dict[str, Any], Snapshot | None]:
+        streams.raise_if_failed()  # a failed stream ends the session at once
         op = message["op"]
         if op in ("known", "claim"):
             bid = get(message, "id", bytes)
@@ -266,9 +357,11 @@ class AgentSession:
         if op == "store":
             return {"stored": self._store(sink, message)}, None
         if op == "finish":
+            streams.wait()  # their packs are finished with the agent's
             sink.finish()
             return {}, None
         if op == "discard":
+            streams.stop()
             sink.discard()
             return {}, None
         # commit: the agent's snapshot, with the director's word on who and when
@@ -278,8 +371,22 @@ class AgentSession:
             raise ProtocolError(str(e)) from None
         if not self.repo.has_blob(theirs.tree):
             raise ProtocolError("the agent's snapshot names a tree it never stored")
+        for stream in request.client_streams:  # a snapshot without its dump must not look good
+            if not self._has_file(theirs.tree, stream_path(stream.name)):
+                raise ProtocolError(f"the agent's snapshot lacks the stream {stream.name}")
+        tree, paths, summary = theirs.tree, list(theirs.paths), theirs.summary
+        nodes = streams.wait()
+        if nodes:
+            now = self.clock.now_ns()
+            tree = graft(tree, nodes, self._agent_tree, lambda n: _save_tree(sink, n), now)
+            sink.finish()  # the grafted trees
+            paths += [display_path(stream_path(name)) for name, _ in nodes]
+            summary = _add(summary, streams.summary)
         snapshot = msgspec.structs.replace(
             theirs,
+            tree=tree,
+            paths=paths,
+            summary=summary,
             client=request.client,
             job=request.job,
             tags=sorted(set(request.tags)),
@@ -288,6 +395,25 @@ class AgentSession:
         )
         snapshot.id = sink.commit(snapshot)
         return {"id": snapshot.id}, snapshot
+
+    def _has_file(self, tree_id: bytes, path: bytes) -> bool:
+        current: bytes | None = tree_id
+        node: Node | None = None
+        for part in path.strip(b"/").split(b"/"):
+            if current is None:
+                return False
+            node = next((n for n in self._agent_tree(current) if n.name == part), None)
+            if node is None:
+                return False
+            current = node.subtree
+        return node is not None and node.type == FILE
+
+    def _agent_tree(self, tree_id: bytes) -> list[Node]:
+        data = self.repo.load_blob(tree_id, TREE)
+        try:
+            return decode_tree(data, f"tree {tree_id.hex()[:16]} from the agent").nodes
+        except IntegrityError as e:
+            raise ProtocolError(str(e)) from None
 
     def _store(self, sink: RepositorySink, message: dict[str, Any]) -> int:
         blob_type = get(message, "type", int)
@@ -304,3 +430,23 @@ class AgentSession:
             blob_type, bid, plain, compressed=data if message.get("compressed") else None
         )
         return stored.stored_length
+
+
+def _save_tree(sink: RepositorySink, nodes: list[Node]) -> bytes:
+    data = encode_tree(nodes)
+    bid = blob_id(sink.id_key, data)
+    if sink.claim(bid):
+        sink.store(TREE, bid, data)
+    return bid
+
+
+def _add(agent: Summary, director: Summary) -> Summary:
+    """The agent's counts plus those of the streams read on the director."""
+    return msgspec.structs.replace(
+        agent,
+        **{
+            name: getattr(agent, name) + getattr(director, name)
+            for name in agent.__struct_fields__
+            if name != "duration_s" and isinstance(getattr(agent, name), int)
+        },
+    )

@@ -3,6 +3,10 @@
 Each frame is a 4-byte big-endian length and a msgpack map with an ``op``. Frames
 larger than MAX_FRAME, malformed maps and unknown ops are protocol errors: the session
 ends. See docs/agent.md.
+
+``VERSION`` must match on both sides. ``MINOR`` counts backward-compatible additions,
+each announced in ``hello`` (a side that predates them sends no ``minor``: 0) and used
+only when the other side announced it: 1 adds ``streams`` to ``backup``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import msgspec
 from strongroom.errors import EXIT_INTEGRITY, IntegrityError, StrongroomError
 
 VERSION = 1
+MINOR = 1
+MINOR_STREAMS = 1  # `backup {streams: [{name, command, timeout}]}`: run on the client
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()

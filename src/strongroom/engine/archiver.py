@@ -3,7 +3,9 @@
 Directories are walked on the calling thread; regular files are read, chunked,
 hashed, compressed and encrypted by a pool of worker threads (the libraries release
 the GIL), each filling its own pack. Trees are finished in post-order as soon as their
-files are done, so only a bounded amount of work is in flight.
+files are done, so only a bounded amount of work is in flight. Streams (a command's
+output, see engine/streams.py) are read by workers too, alongside the walk, and stored
+as files below /stdin.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
 from strongroom.engine.sink import BlobSink, RepositorySink
+from strongroom.engine.streams import (
+    STREAM_ROOT,
+    StreamSource,
+    check_stream_names,
+    stream_dir_node,
+    stream_file_node,
+    stream_parts,
+    stream_path,
+)
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -61,6 +72,8 @@ class BackupRequest:
     username: str = ""
     program_version: str = ""
     prerequisites: Sequence[str] = ()
+    # Stored as files below /stdin; a failing one fails the backup (no snapshot).
+    streams: Sequence[StreamSource] = ()
 
 
 @dataclass
@@ -166,6 +179,12 @@ class Archiver:
         self._warnings: list[FileWarning] = []
         self._excludes: list[bytes] = []
         self._in_flight: deque[Future[Node | None]] = deque()
+        self._failure: BaseException | None = None  # a stream's, noticed by the walk
+
+    @property
+    def summary(self) -> Summary:
+        """The counts so far (final once ``backup`` or ``archive_stream`` returned)."""
+        return self._stats.summary
 
     # --- blobs ----------------------------------------------------------------------
 
@@ -232,6 +251,7 @@ class Archiver:
         self, pool: ThreadPoolExecutor, path: bytes, node: Node, st: os.stat_result
     ) -> Node | Future[Node | None]:
         """An unchanged file's node at once; otherwise a worker reads the file."""
+        self._stop_if_failed()
         cached = self.files_cache.lookup(path, st)
         if cached is not None and all(
             isinstance(c, int) or self.sink.known(c) for c in cached.content
@@ -292,6 +312,59 @@ class Archiver:
         self.progress.file_done(path, node.size, True)
         return node
 
+    # --- streams --------------------------------------------------------------------
+
+    def archive_stream(self, stream: StreamSource) -> Node:
+        """Store a stream's bytes, chunked and deduplicated like a file's; its file node
+        (named by the last part of its name), or StreamFailed."""
+        parts = stream_parts(stream.name)
+        content: list[bytes | int] = []
+        with stream.open() as pipe:
+            read = self._add_chunks(self._chunker().split_stream(pipe), content)
+        node = stream_file_node(parts[-1], read, content, self.clock.now_ns())
+        self._stats.add(files_new=1, files_read=1, bytes_read=read, bytes_total=read)
+        self.progress.file_done(stream_path(stream.name), read, True)
+        return node
+
+    def _start_streams(
+        self, streams: Sequence[StreamSource], pool: ThreadPoolExecutor
+    ) -> _PendingDir | None:
+        """Start reading every stream on the workers; the /stdin directory to come."""
+        if not streams:
+            return None
+        now = self.clock.now_ns()
+        top = _PendingDir(stream_dir_node(STREAM_ROOT.lstrip(b"/"), now))
+        dirs: dict[tuple[bytes, ...], _PendingDir] = {(): top}
+        for stream in streams:
+            parts = stream_parts(stream.name)
+            parent = top
+            for depth in range(1, len(parts)):
+                key = tuple(parts[:depth])
+                if key not in dirs:
+                    dirs[key] = _PendingDir(stream_dir_node(parts[depth - 1], now))
+                    parent.children.append(dirs[key])
+                parent = dirs[key]
+            future: Future[Node | None] = pool.submit(self.archive_stream, stream)
+            future.add_done_callback(self._note_failure)
+            parent.children.append(future)
+        return top
+
+    def _note_failure(self, future: Future[Node | None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._failure = future.exception()
+
+    def _stop_if_failed(self) -> None:
+        """A stream failed: stop walking now rather than after the whole tree."""
+        if self._failure is not None:
+            raise self._failure
+
+    def _finish_tree(self, pending: _PendingDir) -> None:
+        """Finish a directory and its unfinished subdirectories, in post-order."""
+        for child in pending.children:
+            if isinstance(child, _PendingDir) and child.tree_id is None:
+                self._finish_tree(child)
+        self._finish_dir(pending)
+
     def _warn(self, path: bytes, message: str) -> None:
         with self._stats.lock:
             self._warnings.append(FileWarning(os.fsdecode(path), message))
@@ -310,6 +383,7 @@ class Archiver:
     def _walk(
         self, path: bytes, node: Node, pool: ThreadPoolExecutor, ready: deque[_PendingDir]
     ) -> _PendingDir:
+        self._stop_if_failed()
         pending = _PendingDir(node)
         try:
             fd = open_path(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -389,12 +463,19 @@ class Archiver:
     def backup(self, request: BackupRequest) -> BackupResult:
         start = self.clock.monotonic()
         self._excludes = [os.fsencode(p) for p in request.excludes]
-        roots = _normalize_paths(request.paths)
+        roots = _normalize_paths(request.paths, streams=bool(request.streams))
+        check_stream_names([s.name for s in request.streams], roots)
+        if request.streams and roots == [b"/"] and os.path.lexists(STREAM_ROOT):
+            raise UsageError(
+                f"{os.fsdecode(STREAM_ROOT)} exists and is backed up: it is where streams go"
+            )
         ready: deque[_PendingDir] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-file") as pool:
             try:
-                root_tree = self._archive_roots(roots, pool, ready)
+                root_tree = self._archive_roots(roots, request.streams, pool, ready)
             except BaseException:
+                for stream in request.streams:
+                    stream.stop()  # or the pool would wait for the command to finish
                 pool.shutdown(wait=True, cancel_futures=True)
                 self.sink.discard()
                 raise
@@ -405,7 +486,8 @@ class Archiver:
         snapshot = Snapshot(
             time_ns=request.time_ns if request.time_ns is not None else self.clock.now_ns(),
             tree=root_tree,
-            paths=[display_path(p) for p in roots],
+            paths=[display_path(p) for p in roots]
+            + [display_path(stream_path(s.name)) for s in request.streams],
             client=request.client,
             job=request.job,
             hostname=request.hostname,
@@ -424,12 +506,21 @@ class Archiver:
         )
 
     def _archive_roots(
-        self, roots: list[bytes], pool: ThreadPoolExecutor, ready: deque[_PendingDir]
+        self,
+        roots: list[bytes],
+        streams: Sequence[StreamSource],
+        pool: ThreadPoolExecutor,
+        ready: deque[_PendingDir],
     ) -> bytes:
-        """Build the snapshot's root tree: each path's ancestors become directories."""
+        """Build the snapshot's root tree: each path's ancestors become directories,
+        and streams go below /stdin."""
+        stream_dir = self._start_streams(streams, pool)
         # A nested dict of path components; a None value marks a backed-up path.
         if roots == [b"/"]:
             whole = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), pool, ready)
+            if stream_dir is not None:  # the root is finished last, by the drain below
+                whole.children.append(stream_dir)
+                self._finish_tree(stream_dir)
             self._drain(ready, 0)
             assert whole.tree_id is not None
             return whole.tree_id
@@ -440,6 +531,8 @@ class Archiver:
             for part in parts[:-1]:
                 level = level.setdefault(part, {})  # type: ignore[assignment]
             level[parts[-1]] = None
+        if stream_dir is not None:
+            layout[STREAM_ROOT.lstrip(b"/")] = stream_dir
         top = self._archive_level(b"", layout, pool, ready)
         self._drain(ready, 0)
         return top
@@ -453,6 +546,9 @@ class Archiver:
     ) -> bytes:
         children: list[Node | Future[Node | None] | _PendingDir] = []
         for name, sub in sorted(layout.items()):
+            if isinstance(sub, _PendingDir):  # streams: finished after the walk
+                children.append(sub)
+                continue
             path = prefix + b"/" + name
             try:
                 st = os.lstat(path)
@@ -472,16 +568,19 @@ class Archiver:
                     node.target = os.readlink(path)
                 children.append(node)
         self._drain(ready, 0)
+        for child in children:
+            if isinstance(child, _PendingDir) and child.tree_id is None:
+                self._finish_tree(child)
         holder = _PendingDir(Node(name=b"", type="dir"), children)
         self._finish_dir(holder)
         assert holder.tree_id is not None
         return holder.tree_id
 
 
-def _normalize_paths(paths: Sequence[str]) -> list[bytes]:
+def _normalize_paths(paths: Sequence[str], *, streams: bool = False) -> list[bytes]:
     """Absolute, normalized paths with any path inside another one dropped."""
-    if not paths:
-        raise UsageError("nothing to back up: give at least one path")
+    if not paths and not streams:
+        raise UsageError("nothing to back up: give at least one path or stream")
     result: list[bytes] = []
     for p in sorted({os.path.normpath(os.path.abspath(os.fsencode(p))) for p in paths}):
         if p == b"/":

@@ -40,6 +40,7 @@ from strongroom.errors import (
 from strongroom.jobs.locks import JobLock
 from strongroom.jobs.notifier import Notifier
 from strongroom.jobs.preflight import preflight, run_command
+from strongroom.jobs.streams import client_streams, director_streams
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
 
@@ -215,8 +216,10 @@ class Director:
         ))  # fmt: skip
 
     def _backup(self, spec: JobSpec, outcome: RunOutcome) -> None:
-        if not spec.sources:
-            raise UsageError(f"client {spec.client}, job {spec.name}: no sources configured")
+        if not spec.sources and not spec.streams:
+            raise UsageError(
+                f"client {spec.client}, job {spec.name}: no sources or streams configured"
+            )
         try:
             checks = preflight(spec, self.catalog, self.clock, self.env)  # 20, 21: no backup
             evidence = [str(c) for c in checks]
@@ -307,7 +310,10 @@ class Director:
         cache = FilesCache(self.cache_dir / repo.id / f"files-{spec.client}-{spec.name}")
         result = Archiver(repo, self.clock, cache, before_commit=lock.ensure_valid).backup(
             BackupRequest(
-                **_request_fields(spec), username=getpass.getuser(), prerequisites=evidence
+                **_request_fields(spec),
+                username=getpass.getuser(),
+                prerequisites=evidence,
+                streams=director_streams(spec, self.env),
             )
         )
         warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
@@ -323,7 +329,10 @@ class Director:
             agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
             before_commit=lock.ensure_valid,
         )  # fmt: skip
-        result = session.backup(AgentBackup(**_request_fields(spec), prerequisites=evidence))
+        result = session.backup(AgentBackup(
+            **_request_fields(spec), prerequisites=evidence, client_streams=client_streams(spec),
+            director_streams=director_streams(spec, self.env),
+        ))  # fmt: skip
         return result.snapshot, result.warnings
 
     def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:

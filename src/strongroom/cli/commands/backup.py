@@ -1,10 +1,11 @@
-"""`strongroom backup`: ad hoc backup of local paths."""
+"""`strongroom backup`: ad hoc backup of local paths, and of a command's output."""
 
 from __future__ import annotations
 
 import getpass
 import hashlib
 import os
+import shlex
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ from strongroom.cli.progress import BackupProgressLine
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
+from strongroom.engine.streams import CommandStream, stream_path
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -33,12 +35,23 @@ def parse_time(value: str) -> int:
 
 
 @click.command("backup")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--client", help="Client name recorded in the snapshot (default: host name).")
 @click.option("--job", default="default", show_default=True, help="Job name.")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option("--exclude", "excludes", multiple=True, help="Glob to leave out (repeatable).")
 @click.option("--time", "time_", help="Snapshot time (ISO 8601) instead of now.")
+@click.option(
+    "--stdin-name",
+    metavar="NAME",
+    help="Store the output of --stdin-from as /stdin/NAME (a relative path).",
+)
+@click.option(
+    "--stdin-from",
+    metavar="CMD",
+    help="Command (no shell; split like a shell would) whose output is backed up; "
+    "if it fails, no snapshot is written.",
+)
 @pass_app
 def backup_command(
     app: App,
@@ -48,15 +61,26 @@ def backup_command(
     tags: tuple[str, ...],
     excludes: tuple[str, ...],
     time_: str | None,
+    stdin_name: str | None,
+    stdin_from: str | None,
 ) -> int:
-    """Back up local paths into the repository."""
+    """Back up local paths, and a command's output, into the repository.
+
+    With --stdin-name NAME --stdin-from CMD, the output of CMD is read straight into the
+    repository (no temporary file) and stored as /stdin/NAME; a command that exits
+    non-zero fails the backup with exit 1 and no snapshot.
+    """
     client = client or default_client()
+    streams = _stream(stdin_name, stdin_from)
+    if not paths and not streams:
+        raise UsageError("nothing to back up: give paths, or --stdin-name with --stdin-from")
     for path in paths:
         if not os.path.lexists(path):
             raise UsageError(f"cannot back up {path}: no such file or directory")
     with app.open_repository(purpose=f"backup of {client}") as repo:
         key = hashlib.sha256(
             b"\0".join(sorted(os.fsencode(os.path.abspath(p)) for p in paths))
+            + b"".join(b"\0" + stream_path(s.name) for s in streams)
         ).hexdigest()[:16]
         cache = FilesCache(app.cache_dir() / repo.id / f"files-{client}-{job}-{key}")
         progress = BackupProgressLine(app)
@@ -78,6 +102,7 @@ def backup_command(
                 hostname=socket.gethostname(),
                 username=getpass.getuser(),
                 program_version=f"strongroom {__version__}",
+                streams=streams,
             )
         )
         progress.close()
@@ -120,6 +145,21 @@ def backup_command(
                 f"{len(result.warnings)} file(s) could not be read completely (listed above)"
             )
     return code
+
+
+def _stream(name: str | None, command: str | None) -> list[CommandStream]:
+    """The stream that --stdin-name and --stdin-from ask for (both or neither)."""
+    if name is None and command is None:
+        return []
+    if name is None or command is None:
+        raise UsageError("--stdin-name and --stdin-from go together: give both")
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UsageError(f"--stdin-from {command!r}: {e}") from None
+    if not argv:
+        raise UsageError("--stdin-from: the command is empty")
+    return [CommandStream(name, argv)]
 
 
 def _size(n: int) -> str:
