@@ -29,6 +29,7 @@ from strongroom.config import (
     WebhookSink,
 )
 from strongroom.errors import UsageError
+from strongroom.jobs.environment import for_sinks
 from strongroom.notify import (
     AppriseSender,
     CommandSender,
@@ -181,13 +182,20 @@ class Notifier:
             return report
         try:
             self.sender(sink).send(Event.from_payload(record.payload))
-        except DeliveryFailed as e:
+        except Exception as e:
+            # Anything a sender did not foresee (a non-ASCII SMTP password, say) is a
+            # failed attempt too: a sink must never break the run that emits. Its text
+            # is unknown and may quote a secret, so only its type is kept.
+            if isinstance(e, DeliveryFailed):
+                error = str(e)
+            else:
+                error = f"{sink.kind} sink failed: {type(e).__name__}"
             attempts = delivery.attempts + 1
             next_at = None
             if retry and attempts < sink.max_attempts:
                 next_at = self.now() + timedelta(seconds=retry_delay(attempts))
-            self.outbox.attempt_failed(*key, str(e), next_at)
-            (report.failed if next_at else report.given_up).append((*key, str(e)))
+            self.outbox.attempt_failed(*key, error, next_at)
+            (report.failed if next_at else report.given_up).append((*key, error))
             return report
         self.outbox.delivered(*key, self.now())
         report.delivered.append(key)
@@ -195,7 +203,7 @@ class Notifier:
 
     def sender(self, sink: Sink) -> Sender:
         if isinstance(sink, CommandSink):
-            return CommandSender(sink.command, sink.timeout, dict(self.env))
+            return CommandSender(sink.command, sink.timeout, for_sinks(self.env))
         if isinstance(sink, WebhookSink):
             secret = None
             if sink.secret_file is not None:

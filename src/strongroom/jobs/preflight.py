@@ -27,6 +27,7 @@ from strongroom.config import (
     Requirement,
 )
 from strongroom.errors import EXIT_PREREQUISITE, StrongroomError
+from strongroom.jobs.environment import for_job_commands
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -167,7 +168,8 @@ def run_command(
         else:
             proc = subprocess.run(
                 list(command), capture_output=True, text=True, timeout=timeout,
-                env={**env, "STRONGROOM_CLIENT": spec.client, "STRONGROOM_JOB": spec.name},
+                env={**for_job_commands(env), "STRONGROOM_CLIENT": spec.client,
+                     "STRONGROOM_JOB": spec.name},
                 check=False,
             )  # fmt: skip
     except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from strongroom.config import JobSpec
 from strongroom.engine.streams import CommandStream, check_stream_names
+from strongroom.jobs.environment import for_job_commands
 
 
 def director_streams(spec: JobSpec, env: Mapping[str, str]) -> list[CommandStream]:
@@ -14,7 +15,11 @@ def director_streams(spec: JobSpec, env: Mapping[str, str]) -> list[CommandStrea
     job marks `on = "director"` (`pg_dump -h dbhost`, say). Their commands see the same
     STRONGROOM_CLIENT and STRONGROOM_JOB as hooks do."""
     check_stream_names([s.name for s in spec.streams])
-    run_env = {**env, "STRONGROOM_CLIENT": spec.client, "STRONGROOM_JOB": spec.name}
+    run_env = {
+        **for_job_commands(env),
+        "STRONGROOM_CLIENT": spec.client,
+        "STRONGROOM_JOB": spec.name,
+    }
     return [
         CommandStream(s.name, s.command, s.timeout, run_env)
         for s in spec.streams

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -100,14 +102,30 @@ class WebhookSender:
             headers["X-Strongroom-Signature"] = "sha256=" + mac.hexdigest()
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _NO_REDIRECTS.open(request, timeout=self.timeout) as response:
                 response.read(65536)
         except urllib.error.HTTPError as e:
+            e.close()  # it holds the response and its socket
             raise DeliveryFailed(f"webhook answered HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             text = getattr(reason, "strerror", None) or type(reason).__name__
             raise DeliveryFailed(f"webhook unreachable: {text}") from None
+        except (http.client.HTTPException, ValueError) as e:
+            # Not HTTP (BadStatusLine...), or a URL http.client refuses: the message
+            # could quote the URL, so only the kind of failure is told.
+            raise DeliveryFailed(f"webhook failed: {type(e).__name__}") from None
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not a delivery: urllib would re-send the POST as a GET without
+    its body, and replay the secret headers to wherever the Location points."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the 3xx becomes an HTTPError
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,8 @@ class EmailSender:
 
     def send(self, event: Event) -> None:
         mail = EmailMessage()
-        mail["Subject"] = (event.subject() + ": " + redact(event.message))[:200]
+        # One header line: a message may quote multi-line output.
+        mail["Subject"] = " ".join((event.subject() + ": " + redact(event.message)).split())[:200]
         mail["From"] = self.sender
         mail["To"] = ", ".join(self.to)
         mail["Message-ID"] = f"<{event.id}@strongroom>"
@@ -134,8 +153,8 @@ class EmailSender:
         mail.set_content(event_json(event, indent=2).decode() + "\n")
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                if self.starttls:
-                    smtp.starttls()
+                if self.starttls:  # verified: the password goes over this connection
+                    smtp.starttls(context=ssl.create_default_context())
                 if self.username is not None:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(mail)

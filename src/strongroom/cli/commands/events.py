@@ -90,6 +90,8 @@ def deliver_command(app: App, everything: bool, sink: str | None) -> int:
     from strongroom.jobs.notifier import Notifier
 
     config = app.load_config()
+    if sink is not None:
+        config.sink(sink)  # an unknown name is a configuration error (exit 2), not "0 sent"
     catalog = app.open_catalog(config)
     try:
         notifier = Notifier(config, catalog, app.clock, dict(os.environ))
