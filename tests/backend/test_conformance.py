@@ -1,4 +1,5 @@
-"""One contract, every backend: the same suite against local, memory and a fault wrapper.
+"""One contract, every backend: the same suite against local, memory, a fault wrapper,
+S3 (a real ``rclone serve s3``), and S3 retried through a proxy injecting faults (R10).
 
 Plus what only the local backend can show (a failed save leaves nothing behind) and
 that the fault wrapper's faults do what they say.
@@ -25,20 +26,45 @@ from strongroom.backend import (
 )
 from strongroom.backend.faults import FaultyBackend
 from strongroom.backend.local import TEMP_PREFIX
+from strongroom.backend.retry import RetryingBackend
 from strongroom.errors import EXIT_FATAL, StorageFull
+from tests.backend.conftest import S3Server
+from tests.backend.s3proxy import FaultProxy
 
-Factory = Callable[[Path], Backend]
+Factory = Callable[[Path, pytest.FixtureRequest], Backend]
+
+
+def _s3(request: pytest.FixtureRequest) -> Backend:
+    """A fresh bucket, under a prefix, on the session's rclone server."""
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.backend(server.new_bucket(), "repo/one", list_page_size=4)
+
+
+def _s3_through_faults(request: pytest.FixtureRequest) -> Backend:
+    """S3 as ``open_backend`` gives it (retried), through a proxy that faults a fifth of
+    all distinct requests: errors, resets, stalls, lost and truncated answers."""
+    server: S3Server = request.getfixturevalue("s3_server")
+    proxy: FaultProxy = request.getfixturevalue("proxy")
+    proxy.stall_s = 2.0
+    proxy.inject(0.2, seed=len(request.node.name))
+    inner = server.backend(
+        server.new_bucket(), "repo", endpoint=proxy.endpoint, list_page_size=3, read_timeout=1.0
+    )
+    return RetryingBackend(inner, attempts=6, base_delay=0.005, max_delay=0.05)
+
 
 FACTORIES: dict[str, Factory] = {
-    "local": lambda p: LocalBackend(p / "store"),
-    "memory": lambda p: MemoryBackend("memory:test"),
-    "faulty-local": lambda p: FaultyBackend(LocalBackend(p / "store")),
+    "local": lambda p, r: LocalBackend(p / "store"),
+    "memory": lambda p, r: MemoryBackend("memory:test"),
+    "faulty-local": lambda p, r: FaultyBackend(LocalBackend(p / "store")),
+    "s3": lambda p, r: _s3(r),
+    "s3-through-faults": lambda p, r: _s3_through_faults(r),
 }
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = FACTORIES[request.param](tmp_path)
+    b = FACTORIES[request.param](tmp_path, request)
     b.create()
     yield b
     b.close()
@@ -47,7 +73,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture(params=sorted(FACTORIES))
 def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend whose root has not been created."""
-    b = FACTORIES[request.param](tmp_path)
+    b = FACTORIES[request.param](tmp_path, request)
     yield b
     b.close()
 

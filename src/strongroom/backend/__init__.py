@@ -1,4 +1,4 @@
-"""Storage backends: a local directory, memory, and wrappers around any backend."""
+"""Storage backends: a local directory, S3, memory, and wrappers around any backend."""
 
 from __future__ import annotations
 
@@ -32,7 +32,14 @@ __all__ = [
 
 
 def open_backend(url: str) -> Backend:
-    """A backend for a repository URL: a path, ``file://path`` or ``memory:``."""
+    """A backend for a repository URL: a path, ``file://path``, ``s3://bucket/prefix``
+    (retried on transient errors) or ``memory:``."""
+    if url.startswith("s3://"):
+        # Imported here: boto3 is slow to import and most commands never need it.
+        from strongroom.backend.retry import RetryingBackend
+        from strongroom.backend.s3 import S3Backend
+
+        return RetryingBackend(S3Backend.from_url(url))
     if url.startswith("file://"):
         return LocalBackend(url[len("file://") :])
     if url.startswith("memory:"):
