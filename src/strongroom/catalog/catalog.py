@@ -517,6 +517,11 @@ class Catalog:
 
         return self._write(write)
 
+    def forget_snapshots(self, snapshot_ids: Iterable[str]) -> int:
+        """``forget_snapshot`` for each id (ids are unique across repositories), each in
+        its own transaction; returns how many the catalog knew."""
+        return sum(self.forget_snapshot(snapshot_id) for snapshot_id in snapshot_ids)
+
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
         query = sa.select(t.snapshots).where(t.snapshots.c.id == snapshot_id)
 

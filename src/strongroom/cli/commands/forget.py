@@ -1,0 +1,383 @@
+"""`strongroom forget`: apply retention, show why each snapshot is kept, remove the rest."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import click
+
+from strongroom.backend import ObjectNotFound
+from strongroom.cli.context import App, pass_app, snapshot_json
+from strongroom.engine.retention import (
+    UNLIMITED,
+    GroupDecision,
+    KeepReason,
+    Policy,
+    Span,
+    newest_first,
+    plan_forget,
+)
+from strongroom.errors import StorageFull, StrongroomError, UsageError
+from strongroom.repository import Repository, Snapshot
+from strongroom.repository.locks import RepositoryLock
+
+if TYPE_CHECKING:
+    from strongroom.config import Config, Retention
+
+PRUNE_MODULE = "strongroom.cli.commands.prune"
+REASON_WIDTH = 24  # "oldest monthly snapshot"
+
+
+def _count(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A count for --keep-*: a number, or -1 / 'unlimited' for all (restic's spelling)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "unlimited":
+        return UNLIMITED
+    try:
+        count = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a count (a number, or 'unlimited')") from None
+    if count < UNLIMITED:
+        raise click.BadParameter("negative counts other than -1 are not allowed (use 'unlimited')")
+    return count
+
+
+def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Span | None:
+    """restic's duration: 1y5m7d2h (m is months)."""
+    if value is None:
+        return None
+    try:
+        return Span.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command("forget")
+@click.option("--client", help="Only this client's snapshots.")
+@click.option("--job", help="Only this job's snapshots.")
+@click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (repeatable).")
+@click.option("--keep-last", metavar="N", callback=_count, help="Keep the last N snapshots.")
+@click.option(
+    "--keep-hourly",
+    metavar="N",
+    callback=_count,
+    help="Keep the newest snapshot of each of N hours.",
+)
+@click.option(
+    "--keep-daily", metavar="N", callback=_count, help="Keep the newest snapshot of each of N days."
+)
+@click.option(
+    "--keep-weekly", metavar="N", callback=_count, help="Keep the newest of each of N ISO weeks."
+)
+@click.option(
+    "--keep-monthly", metavar="N", callback=_count, help="Keep the newest of each of N months."
+)
+@click.option(
+    "--keep-yearly", metavar="N", callback=_count, help="Keep the newest of each of N years."
+)
+@click.option(
+    "--keep-within",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep every snapshot newer than DURATION (1y5m7d2h) before the newest one.",
+)
+@click.option(
+    "--keep-tag",
+    "keep_tags",
+    multiple=True,
+    metavar="TAG[,TAG...]",
+    help="Keep snapshots carrying all these tags (repeatable: any of the lists).",
+)
+@click.option("-n", "--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--prune", is_flag=True, help="Reclaim the space afterwards (runs `prune`).")
+@click.option(
+    "--unsafe-allow-remove-all",
+    is_flag=True,
+    help="With no --keep-* option, remove every snapshot matching --client/--job/--tag.",
+)
+@pass_app
+def forget_command(
+    app: App,
+    client: str | None,
+    job: str | None,
+    tags: tuple[str, ...],
+    keep_last: int | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    keep_within: Span | None,
+    keep_tags: tuple[str, ...],
+    dry_run: bool,
+    prune: bool,
+    unsafe_allow_remove_all: bool,
+) -> int:
+    """Apply retention: the --keep-* options, or else each job's retention from the
+    config. Snapshots are grouped by client and job, periods are in UTC, and the rules
+    are restic's (docs/retention.md). Snapshots of jobs without a policy are kept.
+    """
+    counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    given = any(c is not None for c in counts) or keep_within is not None or bool(keep_tags)
+    last, hourly, daily, weekly, monthly, yearly = (c or 0 for c in counts)
+    flag_policy = Policy(
+        last,
+        hourly,
+        daily,
+        weekly,
+        monthly,
+        yearly,
+        within=keep_within,
+        tags=tuple(tuple(t.strip() for t in spec.split(",")) for spec in keep_tags),
+    )
+    if prune and importlib.util.find_spec(PRUNE_MODULE) is None:
+        raise UsageError(
+            "--prune is not available: this strongroom has no prune command",
+            hint="run forget without --prune",
+        )
+    if unsafe_allow_remove_all and not (client or job or tags):
+        raise UsageError(
+            "--unsafe-allow-remove-all needs --client, --job or --tag",
+            hint="it removes every matching snapshot; narrow it down on purpose",
+        )
+    remove_all = unsafe_allow_remove_all and flag_policy.empty
+    if given and flag_policy.empty and not remove_all:
+        raise UsageError(
+            "the --keep-* options given keep nothing, so no snapshots will be removed",
+            hint="give a count above zero, a duration, or a tag",
+        )
+    config = app.load_config_if_any()
+    use_flags = given or remove_all
+    policy_for = _everywhere(flag_policy) if use_flags else _config_policies(app, config)
+
+    with app.open_repository(load_index=False, lock=None) as repo:
+        lock = None if dry_run else _take_lock(app, repo)
+        try:
+            snapshots = app.select_snapshots(repo, client, job, tags)
+            plan = plan_forget(snapshots, policy_for, app.clock.now_ns())
+            if remove_all:
+                plan = [_everything(group) for group in plan]
+            removed = [] if dry_run else _remove(repo, lock, plan)
+        finally:
+            if lock is not None:
+                lock.release()
+                app.lock = None
+
+    _show(app, plan, dry_run)
+    if removed:
+        _forget_in_catalog(app, config, removed)
+    if prune and (removed or (dry_run and any(g.remove for g in plan))):
+        return _run_prune(app, dry_run)
+    return 0
+
+
+# --- policies ---------------------------------------------------------------------------
+
+
+def policy_from_retention(retention: Retention) -> Policy:
+    """A config's retention table as a policy (its ``within`` is in seconds)."""
+    return Policy(
+        last=retention.last or 0,
+        hourly=retention.hourly or 0,
+        daily=retention.daily or 0,
+        weekly=retention.weekly or 0,
+        monthly=retention.monthly or 0,
+        yearly=retention.yearly or 0,
+        within=Span.from_seconds(retention.within) if retention.within else None,
+    )
+
+
+def _everywhere(policy: Policy) -> Callable[[str, str], Policy | None]:
+    return lambda client, job: policy
+
+
+def _config_policies(app: App, config: Config | None) -> Callable[[str, str], Policy | None]:
+    """Each job's retention for this repository: the job's own when it backs up here,
+    its off-site copy's when it copies here."""
+    if config is None:
+        raise UsageError(
+            "no retention policy: give --keep-* options, or a config whose jobs set retention",
+            hint="e.g. `strongroom forget --keep-daily 7 --keep-weekly 4`",
+        )
+    names = _repository_names(config, app.require_repo_url())
+    policies: dict[tuple[str, str], Policy] = {}
+    for spec in config.jobs():
+        if spec.repository in names:
+            policies[spec.client, spec.name] = policy_from_retention(spec.retention)
+        for copy in spec.copies:
+            if copy.repository in names:
+                policies[spec.client, spec.name] = policy_from_retention(copy.retention)
+    if all(p.empty for p in policies.values()):
+        raise UsageError(
+            f"no job in {config.file} sets a retention policy for this repository",
+            hint="set retention in the config, or give --keep-* options",
+        )
+    return lambda client, job: policies.get((client, job))
+
+
+def _repository_names(config: Config, given: str) -> set[str]:
+    """The config's names for the repository given by name, URL or path."""
+    names = {given}
+    for name, spec in config.repositories.items():
+        if given in (name, spec.url) or (
+            "://" not in given
+            and "://" not in spec.url
+            and os.path.realpath(given) == os.path.realpath(spec.url)
+        ):
+            names.add(name)
+    return names
+
+
+def _everything(group: GroupDecision[Snapshot]) -> GroupDecision[Snapshot]:
+    """--unsafe-allow-remove-all with an empty policy: the whole group goes."""
+    return GroupDecision(group.client, group.job, group.policy, [], newest_first(group.keep), [])
+
+
+# --- removing ---------------------------------------------------------------------------
+
+
+def _take_lock(app: App, repo: Repository) -> RepositoryLock | None:
+    """The shared lock every writer holds; none when storage is too full for it.
+
+    Removing snapshot objects only drops references and needs no space, so a full
+    disk must not stop it (R12); acquire() has just seen no exclusive lock.
+    """
+    lock = RepositoryLock(
+        repo.backend,
+        app.clock,
+        exclusive=False,
+        hostname=socket.gethostname(),
+        purpose="forget",
+    )
+    try:
+        lock.acquire()
+    except StorageFull:
+        app.warn("the repository's storage is full: removing snapshots without a lock file")
+        return None
+    lock.start_refreshing()
+    app.lock = lock
+    return lock
+
+
+def _remove(
+    repo: Repository, lock: RepositoryLock | None, plan: list[GroupDecision[Snapshot]]
+) -> list[str]:
+    if lock is not None:
+        lock.ensure_valid()
+    removed = []
+    for group in plan:
+        for snap in group.remove:
+            try:
+                repo.remove_snapshot(snap.id)
+            except ObjectNotFound:
+                pass  # forgotten meanwhile by another process: gone all the same
+            removed.append(snap.id)
+    return removed
+
+
+def _forget_in_catalog(app: App, config: Config | None, snapshot_ids: list[str]) -> None:
+    """Drop removed snapshots from the catalog, when one is in use."""
+    if not (app.catalog or os.environ.get("STRONGROOM_CATALOG") or config is not None):
+        return
+    url = app.catalog_url(config)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.exists():
+            return  # no catalog was ever written here: nothing lists these snapshots
+    try:
+        catalog = app.open_catalog(config)
+        try:
+            count = catalog.forget_snapshots(snapshot_ids)
+        finally:
+            catalog.close()
+    except StrongroomError as e:
+        raise type(e)(
+            f"removed {len(snapshot_ids)} snapshot(s) from the repository, but the catalog "
+            f"could not be updated: {e}",
+            hint="run `strongroom catalog rebuild` once the catalog is reachable",
+        ) from e
+    app.info(f"catalog: {count} snapshot(s) forgotten")
+
+
+def _run_prune(app: App, dry_run: bool) -> int:
+    command = cast(click.Command, importlib.import_module(PRUNE_MODULE).prune_command)
+    ctx = click.get_current_context()
+    if dry_run:
+        if not any(p.name == "dry_run" for p in command.params):
+            app.info("dry run: prune not run")
+            return 0
+        result = ctx.invoke(command, dry_run=True)
+    else:
+        app.info("running prune")
+        result = ctx.invoke(command)
+    return result if isinstance(result, int) else 0
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def _show(app: App, plan: list[GroupDecision[Snapshot]], dry_run: bool) -> None:
+    if app.json:
+        app.emit_json([_group_json(group) for group in plan])
+        return
+    for group in plan:
+        policy = group.policy.describe() if group.policy is not None else "no policy"
+        app.result(f"client {group.client}, job {group.job}: {policy}")
+        if group.keep:
+            app.result(f"keep {len(group.keep)} snapshot(s):")
+            _table(app, group.reasons)
+        if group.remove:
+            app.result(f"remove {len(group.remove)} snapshot(s):")
+            _table(app, [KeepReason(s, ()) for s in group.remove], with_reasons=False)
+        app.result("")
+    count = sum(len(g.remove) for g in plan)
+    if dry_run:
+        app.result(f"would remove {count} snapshot(s) (dry run)")
+    else:
+        app.result(f"removed {count} snapshot(s)")
+
+
+def _table(app: App, rows: list[KeepReason[Snapshot]], *, with_reasons: bool = True) -> None:
+    reasons = f"{'Reasons':{REASON_WIDTH}}  " if with_reasons else ""
+    app.result(f"  {'ID':8}  {'Time':19}  {'Tags':12}  {reasons}Paths")
+    for row in rows:
+        s = row.snapshot
+        lines = list(row.matches) or [""]
+        first = f"{lines[0]:{REASON_WIDTH}}  " if with_reasons else ""
+        app.result(
+            f"  {s.id[:8]}  {s.time.strftime('%Y-%m-%d %H:%M:%S')}  {','.join(s.tags):12}  "
+            f"{first}{', '.join(s.paths)}"
+        )
+        for more in lines[1:] if with_reasons else []:
+            app.result(f"  {'':8}  {'':19}  {'':12}  {more}")
+
+
+def _group_json(group: GroupDecision[Snapshot]) -> dict[str, Any]:
+    """restic's forget group (tags, host, paths, keep, remove, reasons); strongroom
+    groups by client and job, so ``host`` is the client and both are given too."""
+    return {
+        "tags": None,
+        "host": group.client,
+        "paths": None,
+        "client": group.client,
+        "job": group.job,
+        "policy": group.policy.describe() if group.policy is not None else None,
+        "keep": [snapshot_json(s) for s in group.keep],
+        "remove": [snapshot_json(s) for s in group.remove],
+        "reasons": [
+            {
+                "snapshot": snapshot_json(r.snapshot),
+                "matches": list(r.matches),
+                "counters": dict(r.counters),
+            }
+            for r in group.reasons
+        ],
+    }
