@@ -37,6 +37,7 @@ from strongroom.errors import (
     StrongroomError,
     UsageError,
 )
+from strongroom.jobs.aftercare import Aftercare
 from strongroom.jobs.locks import JobLock
 from strongroom.jobs.notifier import Notifier
 from strongroom.jobs.preflight import preflight, run_command
@@ -224,8 +225,10 @@ class Director:
             checks = preflight(spec, self.catalog, self.clock, self.env)  # 20, 21: no backup
             evidence = [str(c) for c in checks]
             self._hooks(spec, "before")  # 22: no backup
-            self._backup_checked(spec, outcome, evidence)
+            repo, snapshot = self._backup_checked(spec, outcome, evidence)
             self._hooks(spec, "after")  # 22, the snapshot is kept
+            if spec.copies or spec.retention.model_dump(exclude_none=True):
+                outcome.summary.update(self._aftercare().run(spec, repo, snapshot))
         except StrongroomError:
             self._hooks(spec, "failure", quiet=True)
             raise
@@ -242,7 +245,12 @@ class Director:
                              "reason": check.detail},
                 )  # fmt: skip
 
-    def _backup_checked(self, spec: JobSpec, outcome: RunOutcome, evidence: list[str]) -> None:
+    def _aftercare(self) -> Aftercare:
+        return Aftercare(self.catalog, self.clock, self.hostname, self._open, self._index_snapshot)
+
+    def _backup_checked(
+        self, spec: JobSpec, outcome: RunOutcome, evidence: list[str]
+    ) -> tuple[Repository, Snapshot]:
         repo = self._open(spec.repository)
         lock = RepositoryLock(
             repo.backend,
@@ -275,6 +283,7 @@ class Director:
             "bytes_stored": s.bytes_stored,
             "duration_s": s.duration_s,
         }
+        return repo, snapshot
 
     def _open(self, name: str) -> Repository:
         """The director's one open repository of that name, shared by its runs.

@@ -24,11 +24,12 @@ from strongroom.engine.retention import (
     plan_forget,
 )
 from strongroom.errors import StorageFull, StrongroomError, UsageError
+from strongroom.jobs.aftercare import policy_from_retention
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
 
 if TYPE_CHECKING:
-    from strongroom.config import Config, Retention
+    from strongroom.config import Config
 
 PRUNE_MODULE = "strongroom.cli.commands.prune"
 REASON_WIDTH = 24  # "oldest monthly snapshot"
@@ -180,19 +181,6 @@ def forget_command(
 
 
 # --- policies ---------------------------------------------------------------------------
-
-
-def policy_from_retention(retention: Retention) -> Policy:
-    """A config's retention table as a policy (its ``within`` is in seconds)."""
-    return Policy(
-        last=retention.last or 0,
-        hourly=retention.hourly or 0,
-        daily=retention.daily or 0,
-        weekly=retention.weekly or 0,
-        monthly=retention.monthly or 0,
-        yearly=retention.yearly or 0,
-        within=Span.from_seconds(retention.within) if retention.within else None,
-    )
 
 
 def _everywhere(policy: Policy) -> Callable[[str, str], Policy | None]:

@@ -1,0 +1,79 @@
+"""After a job's snapshot: off-site copies (with their own retention), then retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import cli
+
+
+def _fleet(tmp_path: Path, vault_init: bool = True) -> Path:
+    assert cli("--repo", str(tmp_path / "repo"), "init").code == 0
+    if vault_init:
+        assert cli("--repo", str(tmp_path / "vault"), "init").code == 0
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "strongroom.toml").write_text(
+        f'[repositories.main]\nurl = "{tmp_path}/repo"\n'
+        f'[repositories.vault]\nurl = "{tmp_path}/vault"\n'
+        '[defaults]\nrepository = "main"\nretention = { last = 2 }\n'
+        f'[clients.alpha]\ntransport = "local"\nsources = ["{data}"]\n'
+        'copies = [{ repository = "vault", retention = { last = 3 } }]\n'
+        f'[clients.beta]\ntransport = "local"\nsources = ["{data}"]\n'
+    )
+    return data
+
+
+def _run(client: str) -> tuple[int, dict[str, Any]]:
+    r = cli("run", client, "--json")
+    return r.code, json.loads(r.stdout.splitlines()[-1])
+
+
+def _ids(repo: Path, client: str) -> list[str]:
+    r = cli("--repo", str(repo), "snapshots", "--client", client, "--json")
+    assert r.code == 0, r.stderr
+    return [s["id"] for s in json.loads(r.stdout)]
+
+
+def test_copies_reach_the_vault_and_each_repository_keeps_its_own_retention(
+    tmp_path: Path,
+) -> None:
+    data = _fleet(tmp_path)
+    summaries = []
+    for i in range(5):
+        (data / "f").write_text(f"version {i}\n" * 100)
+        code, summary = _run("alpha")
+        assert code == 0, summary
+        summaries.append(summary)
+    home, vault = _ids(tmp_path / "repo", "alpha"), _ids(tmp_path / "vault", "alpha")
+    assert len(home) == 2 and len(vault) == 3
+    assert summaries[-1]["snapshot_id"] in home
+    assert summaries[-1]["copies"][0]["snapshot_id"] in vault
+    # The newest vault copy restores the newest version, byte for byte.
+    target = tmp_path / "restored"
+    r = cli("--repo", str(tmp_path / "vault"), "restore", vault[-1], "--target", str(target))
+    assert r.code == 0, r.stderr
+    assert (target / str(data).lstrip("/") / "f").read_text() == "version 4\n" * 100
+    assert cli("--repo", str(tmp_path / "vault"), "check", "--read-data").code == 0
+    # The catalog knows exactly what is left, in both repositories.
+    r = cli("snapshots", "--client", "alpha", "--json")
+    listed = {s["id"] for s in json.loads(r.stdout)}
+    assert listed == set(home) | set(vault)
+    # beta has no copies: only the default retention applies to it.
+    for _ in range(3):
+        assert _run("beta")[0] == 0
+    assert len(_ids(tmp_path / "repo", "beta")) == 2
+    assert _ids(tmp_path / "vault", "beta") == []
+
+
+def test_a_failed_copy_fails_the_run_and_keeps_the_snapshot(tmp_path: Path) -> None:
+    data = _fleet(tmp_path, vault_init=False)
+    (data / "f").write_text("x")
+    code, summary = _run("alpha")
+    assert code == 10, summary
+    assert summary["snapshot_id"] in _ids(tmp_path / "repo", "alpha")
+    r = cli("events", "list", "--json")
+    names = [e["event"] for e in json.loads(r.stdout)]
+    assert names.count("run.failed") == 1 and "run.succeeded" not in names
