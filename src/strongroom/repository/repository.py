@@ -2,6 +2,9 @@
 
 Write order is packs, then the index files that describe them, then the snapshot that
 references them, so at every moment each snapshot references only data that exists.
+Garbage collection marks packs before it deletes them (repository/gc.py): a writer
+never deduplicates against a marked pack, and checks the markers again before it
+writes a snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 
 from strongroom.backend import Backend, ObjectNotFound
+from strongroom.clock import Clock, SystemClock
 from strongroom.errors import (
     IntegrityError,
     RepositoryExists,
@@ -22,7 +26,7 @@ from strongroom.errors import (
     UsageError,
     WrongPasswordError,
 )
-from strongroom.repository import crypto
+from strongroom.repository import crypto, gc
 from strongroom.repository.chunker import Chunker, ChunkerParams
 from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey, PackCipher
@@ -43,6 +47,9 @@ CONFIG_MAGIC = b"SRCONFIG1\n"
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 # An index entry costs at least this many bytes on storage: used to size the table.
 MIN_INDEX_ENTRY_BYTES = 38
+# A collector replaces index files (new one first, then the old one goes): a reader that
+# finds a listed index file gone lists again, this many times in all.
+INDEX_LOAD_ATTEMPTS = 3
 
 
 class RepoConfig(msgspec.Struct):
@@ -79,7 +86,8 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self.index = ChunkIndex()
-        self.index_errors: list[str] = []
+        self.index_errors: list[str] = []  # damaged index files and gc markers
+        self.damaged_markers: dict[str, str] = {}  # gc marker name -> message
         self.index_files: list[str] = []
         # Packs that index files name but storage lacks: their blobs count as absent.
         self.missing_packs: set[str] = set()
@@ -89,6 +97,18 @@ class Repository:
         self._ciphers: OrderedDict[str, PackCipher] = OrderedDict()
         self._cipher_lock = threading.Lock()
         self.pack_target_size = PACK_TARGET_SIZE
+        # Garbage collection (repository/gc.py). ``condemned``: packs named by a gc
+        # marker, never offered for deduplication. ``_relied``: packs this process
+        # deduplicated against, checked again before a snapshot is written.
+        self.clock: Clock = SystemClock()
+        self.condemned: set[str] = set()
+        self.gc_guard = threading.Lock()
+        self._relied: set[str] = set()
+        # Relied-on packs found gone at a commit: their blobs are lost to this process.
+        self.lost_packs: set[str] = set()
+        self._markers_seen: set[str] = set()
+        self._index_files_read: set[str] = set()
+        self._index_loaded_at = self.clock.monotonic()
 
     @property
     def id(self) -> str:
@@ -229,43 +249,142 @@ class Repository:
     # --- index ----------------------------------------------------------------------
 
     def load_index(self) -> None:
-        """Read every index file; damaged ones are recorded in ``index_errors``."""
+        """Read every index file; damaged ones are recorded in ``index_errors``.
+
+        Packs named by a gc marker are added last, so a blob stored twice is found in
+        the pack that stays. Call it after taking the repository lock: a collector
+        relies on writers that lock before it marks being named in its marker, and on
+        the others seeing the marker here.
+        """
+        for attempt in range(1, INDEX_LOAD_ATTEMPTS + 1):
+            if self._load_index_once(retry=attempt < INDEX_LOAD_ATTEMPTS):
+                return
+
+    def _load_index_once(self, *, retry: bool) -> bool:
+        """False when a listed index file vanished (a collector replaced it)."""
+        loaded_at = self.clock.monotonic()
+        markers, damaged_markers = gc.read_markers(self.backend, self.master)
+        errors = list(damaged_markers.values())
+        condemned = {pack_id for m in markers for pack_id in m.marker.candidates}
         packs = {name for name, _ in self.packs()}
         infos = list(self.backend.list("index/"))
         expected = sum(i.size for i in infos) // MIN_INDEX_ENTRY_BYTES + 1024
         index = ChunkIndex(expected)
-        errors: list[str] = []
         names: list[str] = []
         missing: set[str] = set()
+        marked: list[tuple[str, PackEntry]] = []
         for info in infos:
-            short = info.name.rsplit("/", 1)[-1]
-            what = f"index {short[:8]}"
             try:
-                raw = self.backend.load(info.name)
-                if crypto.storage_id(raw) != short:
-                    raise IntegrityError(f"{what}: contents do not match its name")
-                plain = crypto.unseal(self.master, b"index", raw, what)
-                for pack_id, entry in decode_index(plain, what):
-                    if pack_id in packs:
-                        index.add(pack_id, entry)
-                    else:
-                        missing.add(pack_id)
-                names.append(info.name)
-            except (IntegrityError, ObjectNotFound) as e:
+                entries = self.read_index_file(info.name)
+            except ObjectNotFound as e:
+                if retry:
+                    return False
                 errors.append(str(e))
+                continue
+            except IntegrityError as e:
+                errors.append(str(e))
+                continue
+            for pack_id, entry in entries:
+                if pack_id not in packs:
+                    missing.add(pack_id)
+                elif pack_id in condemned:
+                    marked.append((pack_id, entry))
+                else:
+                    index.add(pack_id, entry)
+            names.append(info.name)
+        for pack_id, entry in marked:
+            index.add(pack_id, entry)
         with self._index_lock:
             self.index = index
             self.index_errors = errors
+            self.damaged_markers = damaged_markers
             self.index_files = names
             self.missing_packs = missing
+            self.condemned = condemned
+            self._markers_seen = {m.name for m in markers}
+            self._index_files_read = set(names)
+            self._index_loaded_at = loaded_at
+        return True
+
+    def read_index_file(self, name: str) -> list[tuple[str, PackEntry]]:
+        """One index file's entries, authenticated; IntegrityError or ObjectNotFound."""
+        short = name.rsplit("/", 1)[-1]
+        what = f"index {short[:8]}"
+        raw = self.backend.load(name)
+        if crypto.storage_id(raw) != short:
+            raise IntegrityError(f"{what}: contents do not match its name")
+        return list(decode_index(crypto.unseal(self.master, b"index", raw, what), what))
+
+    def refresh_index(self) -> None:
+        """Add the index files written since ``load_index`` (other writers', or a
+        collector's after repacking); a copy in an unmarked pack wins."""
+        for info in list(self.backend.list("index/")):
+            if info.name in self._index_files_read:
+                continue
+            try:
+                entries = self.read_index_file(info.name)
+            except (IntegrityError, ObjectNotFound):
+                continue  # a damaged file is check's business; a vanished one was replaced
+            with self._index_lock:
+                for pack_id, entry in entries:
+                    loc = self.index.get(entry.id)
+                    if loc is None or (
+                        loc.pack_id in self.condemned and pack_id not in self.condemned
+                    ):
+                        self.index.add(pack_id, entry, replace=True)
+                self._index_files_read.add(info.name)
+
+    # --- garbage collection: the writer's side ---------------------------------------
+
+    def sync_markers(self) -> None:
+        """Read gc markers written since the index was loaded: their packs are no
+        longer offered for deduplication. Damaged markers are ignored here (a
+        collector cannot sweep them either; check reports them)."""
+        markers, _ = gc.read_markers(self.backend, self.master, skip=self._markers_seen)
+        with self._index_lock:
+            for m in markers:
+                self.condemned.update(m.marker.candidates)
+                self._markers_seen.add(m.name)
+
+    def condemn(self, pack_ids: set[str]) -> None:
+        with self._index_lock:
+            self.condemned.update(pack_ids)
+
+    def relied_packs(self) -> set[str]:
+        with self._index_lock:
+            return set(self._relied)
+
+    def mark_lost(self, pack_ids: set[str]) -> None:
+        with self._index_lock:
+            self.lost_packs.update(pack_ids)
+
+    def index_age_s(self) -> float:
+        return self.clock.monotonic() - self._index_loaded_at
+
+    def has_unmarked_copy(self, bid: bytes, other_than: str) -> bool:
+        """Whether the index places the blob in a pack no marker names (but that one)."""
+        with self._index_lock:
+            loc = self.index.get(bid)
+            return (
+                loc is not None
+                and loc.pack_id != other_than
+                and (loc.pack_id not in self.condemned)
+            )
 
     def lookup(self, bid: bytes) -> BlobLocation | None:
         with self._index_lock:
             return self.index.get(bid)
 
     def has_blob(self, bid: bytes) -> bool:
+        """Whether a writer may reuse the stored blob (deduplicate against it). Blobs
+        only in packs a gc marker names do not count; the pack of one that does is
+        remembered, and checked again before the snapshot is written."""
         with self._index_lock:
-            return bid in self.index
+            loc = self.index.get(bid)
+            if loc is None or loc.pack_id in self.condemned:
+                return False
+            self._relied.add(loc.pack_id)
+            return True
 
     def new_pack_writer(self, *, staged: bool = False) -> PackWriter:
         """A pack writer; ``staged`` ones write to storage as they go (less memory)."""
@@ -344,6 +463,9 @@ class Repository:
     # --- snapshots ------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: Snapshot) -> str:
+        """Write a snapshot, once no data it reuses can have been collected meanwhile
+        (CollectedMeanwhile, exit 11, if some was)."""
+        gc.protect_commit(self, snapshot)
         raw = crypto.seal(self.master, b"snapshot", encode_snapshot(snapshot))
         snapshot_id = crypto.storage_id(raw)
         self.backend.save(f"snapshots/{snapshot_id}", raw)

@@ -40,6 +40,9 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     warnings: list[str] = msgspec.field(default_factory=list)
     # The prerequisites that were met, with their evidence ("marker sql-dump: met (...)").
     prerequisites: list[str] = msgspec.field(default_factory=list)
+    # Set by `copy`: the snapshot this one was copied from, and that one's repository id.
+    original: str = ""
+    original_repository: str = ""
     id: str = ""  # filled in on load; not part of the stored object
 
     @property
