@@ -203,3 +203,52 @@ event_deliveries = sa.Table(
     sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
     sa.Index(None, "state", "next_attempt_at"),
 )
+
+# Media: a *set* is what one `media export` wrote (snapshots, expiry); a *volume* is a
+# physical medium known by its label, blank until a set is written to it.
+media_sets = sa.Table(
+    "media_sets",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("repository_id", sa.Text, nullable=False),
+    sa.Column("repository", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("volumes", sa.Integer, nullable=False),
+)
+
+media_set_snapshots = sa.Table(
+    "media_set_snapshots",
+    metadata,
+    sa.Column(
+        "set_id",
+        sa.Text,
+        sa.ForeignKey("media_sets.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("snapshot_id", sa.Text, primary_key=True),
+    sa.Column("client", sa.Text, nullable=False),
+    sa.Column("job", sa.Text, nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Index(None, "snapshot_id"),
+)
+
+media_volumes = sa.Table(
+    "media_volumes",
+    metadata,
+    sa.Column("label", sa.Text, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("location", sa.String(16), nullable=False),
+    sa.Column("labeled_at", UTCDateTime, nullable=False),
+    sa.Column("volume_id", sa.Text, nullable=True),
+    sa.Column("set_id", sa.Text, sa.ForeignKey("media_sets.id"), nullable=True),
+    sa.Column("sequence", sa.Integer, nullable=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("written_at", UTCDateTime, nullable=True),
+    sa.Column("moved_at", UTCDateTime, nullable=True),
+    sa.Column("recycled_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("status IN ('blank', 'full', 'exported', 'recycled')", name="status"),
+    sa.CheckConstraint("location IN ('onsite', 'offsite', 'vault')", name="location"),
+    sa.Index(None, "set_id"),
+    sa.Index(None, "status", "location"),
+)
