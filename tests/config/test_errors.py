@@ -214,7 +214,7 @@ CASES = [
         MINIMAL.replace('sources = ["/etc"]', "") + "[clients.dracula.jobs.db]\nsources = []\n",
         8,
         "clients.dracula.jobs.db.sources",
-        "no sources to back up",
+        "no sources or streams to back up",
     ),
     (
         "named job key that belongs to the client",

@@ -42,6 +42,11 @@ COMMANDS = {
     "status": "status",
     "report": "report",
     "catalog": "catalog",
+    "forget": "forget",
+    "prune": "prune",
+    "copy": "copy",
+    "media": "media",
+    "events": "events",
 }
 VALUE_OPTIONS = {"--config", "--repo", "-r", "--catalog"}
 FLAG_OPTIONS = {"--json", "-q", "--quiet", "-v", "--verbose", "--no-progress"}
