@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class HookFailed(StrongroomError):
     exit_code = EXIT_HOOK
     hint = "see the hook's output in the run's log; a failed before-hook means no backup"
 
+
+INDEX_REFRESH_S = 600.0  # a director re-reads new index files at most this often
 
 # `run` over several clients exits with the worst code, in this order (SPEC.md).
 PRECEDENCE = (1, 13, 10, 12, 11, 20, 21, 22, 3, 0)
@@ -118,6 +121,7 @@ class Director:
     notifier: Notifier | None = None
     _repos: dict[str, Repository] = field(default_factory=dict)
     _repos_lock: threading.Lock = field(default_factory=threading.Lock)
+    _refreshed: dict[str, float] = field(default_factory=dict)  # repo id -> monotonic
 
     def run(
         self,
@@ -245,6 +249,14 @@ class Director:
                              "reason": check.detail},
                 )  # fmt: skip
 
+    def _refresh_index(self, repo: Repository) -> None:
+        with self._repos_lock:
+            due = time.monotonic() - self._refreshed.get(repo.id, 0.0) > INDEX_REFRESH_S
+            if due:
+                self._refreshed[repo.id] = time.monotonic()
+        if due:
+            repo.refresh_index()
+
     def _aftercare(self) -> Aftercare:
         return Aftercare(self.catalog, self.clock, self.hostname, self._open, self._index_snapshot)
 
@@ -260,6 +272,11 @@ class Director:
             purpose=f"run {spec.client}/{spec.name}",
         ).acquire()
         lock.start_refreshing()
+        # The shared index was loaded before this run's lease began: learn the packs a
+        # collection has marked since (never deduplicated against), and what other
+        # writers indexed, so a prune between runs costs no refused commit (docs/gc.md).
+        repo.sync_markers()
+        self._refresh_index(repo)
         try:
             if spec.transport == "local":
                 snapshot, warnings = self._archive(repo, spec, lock, evidence)
@@ -305,6 +322,7 @@ class Director:
                     backend.close()
                     raise
                 self._repos[name] = repo
+                self._refreshed[repo.id] = time.monotonic()
             return repo
 
     def close(self) -> None:
