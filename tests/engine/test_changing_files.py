@@ -94,10 +94,10 @@ def test_a_file_that_vanishes_before_it_is_read_is_named(tmp_path: Path) -> None
     repo = _repo(tmp_path)
 
     class _Vanish(Archiver):
-        def _file(self, path: bytes, node, st, known):  # type: ignore[no-untyped-def]
+        def _open_file(self, path: bytes) -> int:
             if path.endswith(b"f07"):
                 os.unlink(path)
-            return super()._file(path, node, st, known)
+            return super()._open_file(path)
 
     result = _Vanish(repo, SystemClock()).backup(BackupRequest(paths=[str(src)], client="c"))
     assert [w.path for w in result.warnings] == [str(src / "f07")]

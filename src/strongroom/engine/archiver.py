@@ -1,11 +1,13 @@
 """The archiver: local paths in, a snapshot out.
 
-Directories are walked on the calling thread; regular files are read, chunked,
-hashed, compressed and encrypted by a pool of worker threads (the libraries release
-the GIL), each filling its own pack. Trees are finished in post-order as soon as their
-files are done, so only a bounded amount of work is in flight. Streams (a command's
-output, see engine/streams.py) are read by workers too, alongside the walk, and stored
-as files below /stdin.
+The walk runs on the calling thread, fed by scanner threads that list and stat the
+directories just ahead of it, so cold metadata reads overlap. Files that must be read
+go to worker threads in batches: a worker opens a batch's files and asks the kernel to
+read them ahead (posix_fadvise), then reads, chunks, hashes, compresses and encrypts
+each (the libraries release the GIL), filling its own pack. Trees are finished in
+post-order once their files are done, so only a bounded amount of work is in flight.
+Streams (a command's output, see engine/streams.py) are read by workers too, alongside
+the walk, and stored as files below /stdin.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from typing import BinaryIO, Protocol
 
 from strongroom.clock import Clock
@@ -39,12 +41,24 @@ from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapsho
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.tree import encode_tree
 
-# Finished directories waiting to be written as trees, and files queued for workers.
+# Finished directories waiting to be written as trees.
 MAX_DIRS_WAITING = 64
-MAX_FILES_IN_FLIGHT = 64
+# One worker task: enough files to keep the disk busy, few enough to spread the work.
+BATCH_FILES = 32
+BATCH_BYTES = 8 << 20
+# Read-ahead asked for per file: the whole of a small file, the start of a big one.
+READAHEAD_BYTES = 16 << 20
+# Directories listed ahead of the walk: per directory, and in all.
+SCAN_THREADS = 4
+SCAN_AHEAD_PER_DIR = 8
+MAX_SCANS_AHEAD = 256
 # Files modified this close to being read are not trusted to the files cache: file
 # timestamps move in ticks (a few ms on Linux, 2 s on FAT), as in git's "racy clean".
 RACY_WINDOW_NS = 2_000_000_000
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not block the open.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class ArchiveProgress(Protocol):
@@ -89,11 +103,65 @@ class BackupResult:
     notes: list[str] = field(default_factory=list)  # problems that cost no data
 
 
+class _Batch:
+    """Files for one worker task; ``future`` is set once it is handed over."""
+
+    __slots__ = ("files", "future", "size")
+
+    def __init__(self) -> None:
+        self.files: list[_PendingFile] = []
+        self.size = 0
+        self.future: Future[None] | None = None
+
+
+class _PendingFile:
+    """A file a worker reads; ``ok`` turns False when it could not be backed up."""
+
+    __slots__ = ("batch", "known", "node", "ok", "path", "st")
+
+    def __init__(
+        self, path: bytes, node: Node, st: os.stat_result, known: bool, batch: _Batch
+    ) -> None:
+        self.path, self.node, self.st, self.known, self.batch = path, node, st, known, batch
+        self.ok = True
+
+
 @dataclass
 class _PendingDir:
     node: Node
-    children: list[Node | Future[Node | None] | _PendingDir] = field(default_factory=list)
+    children: list[Node | _PendingFile | Future[Node | None] | _PendingDir] = field(
+        default_factory=list
+    )
     tree_id: bytes | None = None
+
+
+@dataclass
+class _Listing:
+    """One directory as a scanner saw it: entries in name order, problems to report."""
+
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    entries: list[tuple[bytes, os.stat_result, bytes | None]] = field(default_factory=list)
+    problems: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Counts:
+    """Summary counts gathered by one task, added to the total once."""
+
+    blobs_new: int = 0
+    bytes_new: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    bytes_total: int = 0
+    dirs: int = 0
+    files_changed: int = 0
+    files_new: int = 0
+    files_read: int = 0
+    files_unmodified: int = 0
+    other: int = 0
+
+
+_COUNT_NAMES = tuple(f.name for f in fields(_Counts))
 
 
 class _Stats:
@@ -101,10 +169,11 @@ class _Stats:
         self.lock = threading.Lock()
         self.summary = Summary()
 
-    def add(self, **counts: int) -> None:
+    def merge(self, counts: _Counts) -> None:
         with self.lock:
-            for k, v in counts.items():
-                setattr(self.summary, k, getattr(self.summary, k) + v)
+            s = self.summary
+            for name in _COUNT_NAMES:
+                setattr(s, name, getattr(s, name) + getattr(counts, name))
 
 
 class _SeekableLimited:
@@ -123,8 +192,11 @@ class _SeekableLimited:
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:
-    parts = []
-    got = 0
+    data = os.read(fd, limit)
+    if not data or len(data) == limit:
+        return data
+    parts = [data]
+    got = len(data)
     while got < limit:
         part = os.read(fd, limit - got)
         if not part:
@@ -151,6 +223,30 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
     return extents
 
 
+class _Scanner:
+    """Lists directories on a few threads just ahead of the walk that asks for them."""
+
+    def __init__(self, scan: Callable[[bytes], _Listing], threads: int) -> None:
+        self._scan = scan
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="strongroom-scan")
+        self._ahead: dict[bytes, Future[_Listing]] = {}
+
+    def prefetch(self, paths: Iterable[bytes]) -> None:
+        for path in paths:
+            if len(self._ahead) >= MAX_SCANS_AHEAD:
+                return
+            if path not in self._ahead:
+                self._ahead[path] = self._pool.submit(self._scan, path)
+
+    def listing(self, path: bytes) -> _Listing:
+        future = self._ahead.pop(path, None)
+        return self._scan(path) if future is None else future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
+
+
 class Archiver:
     def __init__(
         self,
@@ -171,14 +267,17 @@ class Archiver:
         self.clock = clock
         self.files_cache = files_cache or FilesCache(None)
         self.progress = progress or _NoProgress()
-        # One more thread than cores: file reads block while the others compute.
+        # One more thread than cores: a worker waits for reads now and then.
         self.workers = workers or (os.cpu_count() or 2) + 1
         self._on_step = on_step or (lambda step: None)
         self._local = threading.local()
         self._stats = _Stats()
+        self._walked = _Counts()  # the walk's own counts (one thread)
         self._warnings: list[FileWarning] = []
         self._excludes: list[bytes] = []
-        self._in_flight: deque[Future[Node | None]] = deque()
+        self._batch = _Batch()
+        self._in_flight: deque[Future[None]] = deque()
+        self._scanner: _Scanner | None = None
         self._failure: BaseException | None = None  # a stream's, noticed by the walk
 
     @property
@@ -188,12 +287,6 @@ class Archiver:
 
     # --- blobs ----------------------------------------------------------------------
 
-    def _store(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
-        stored = self.sink.store(blob_type, bid, data)
-        self._stats.add(blobs_new=1, bytes_new=stored.raw_length, bytes_stored=stored.stored_length)
-
-    # --- files ----------------------------------------------------------------------
-
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
         if chunker is None:
@@ -201,28 +294,38 @@ class Archiver:
             self._local.chunker = chunker
         return chunker
 
-    def _add_chunks(self, chunks: object, content: list[bytes | int]) -> int:
+    def _add_chunks(
+        self, chunks: Iterable[bytes | memoryview], content: list[bytes | int], counts: _Counts
+    ) -> int:
         total = 0
-        id_key = self.sink.id_key
-        for chunk in chunks:  # type: ignore[attr-defined]
+        sink = self.sink
+        id_key = sink.id_key
+        for chunk in chunks:
             bid = blob_id(id_key, chunk)
-            if self.sink.claim(bid):
-                self._store(DATA, bid, chunk)
+            if sink.claim(bid):
+                stored = sink.store(DATA, bid, chunk)
+                counts.blobs_new += 1
+                counts.bytes_new += stored.raw_length
+                counts.bytes_stored += stored.stored_length
             content.append(bid)
             total += len(chunk)
         return total
 
+    # --- files ----------------------------------------------------------------------
+
     def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
+        counts: _Counts = self._local.counts  # the batch's, set by _read_batch
         content: list[bytes | int] = []
         size = st.st_size
         chunker = self._chunker()
-        if size <= chunker.params.min_size:
-            data = _read_up_to(fd, chunker.params.min_size + 1)
-            if len(data) > chunker.params.min_size:  # grew while reading: chunk it all
+        min_size = chunker.params.min_size
+        if size <= min_size:
+            data = _read_up_to(fd, min_size + 1)
+            if len(data) > min_size:  # grew while reading: chunk it all
                 with self._stream(fd, len(data)) as rest:
                     data += rest.read()
-                return content, self._add_chunks(chunker.split(data), content)
-            return content, self._add_chunks([data] if data else [], content)
+                return content, self._add_chunks(chunker.split(data), content, counts)
+            return content, self._add_chunks([data] if data else [], content, counts)
         if st.st_blocks * 512 < size:
             extents = data_extents(fd, size)
             if extents is not None:
@@ -232,64 +335,108 @@ class Archiver:
                     if offset > pos:
                         content.append(offset - pos)
                     read += self._add_chunks(
-                        chunker.split_stream(_SeekableLimited(fd, offset, length)),  # type: ignore[arg-type]
+                        chunker.split_stream(_SeekableLimited(fd, offset, length)),
                         content,
+                        counts,
                     )
                     pos = offset + length
                 if size > pos:
                     content.append(size - pos)
                 return content, read
         with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
-            return content, self._add_chunks(chunker.split_stream(stream), content)
+            return content, self._add_chunks(chunker.split_stream(stream), content, counts)
 
     def _stream(self, fd: int, offset: int) -> BinaryIO:
         f = os.fdopen(os.dup(fd), "rb", buffering=0)
         f.seek(offset)
         return f
 
-    def _submit_file(
-        self, pool: ThreadPoolExecutor, path: bytes, node: Node, st: os.stat_result
-    ) -> Node | Future[Node | None]:
-        """An unchanged file's node at once; otherwise a worker reads the file."""
+    def _add_file(self, path: bytes, node: Node, st: os.stat_result) -> Node | _PendingFile:
+        """An unchanged file's node at once; otherwise the file joins a worker's batch."""
         self._stop_if_failed()
         cached = self.files_cache.lookup(path, st)
         if cached is not None and all(
             isinstance(c, int) or self.sink.known(c) for c in cached.content
         ):
-            node.content = list(cached.content)
-            node.xattrs = list(cached.xattrs)
-            self.files_cache.remember(path, st, node.content, node.xattrs)
-            self._stats.add(files_unmodified=1, bytes_total=st.st_size)
+            node.content = cached.content
+            node.xattrs = cached.xattrs
+            self.files_cache.keep(path, cached)
+            self._walked.files_unmodified += 1
+            self._walked.bytes_total += st.st_size
             self.progress.file_done(path, st.st_size, False)
             return node
-        # Bound the work queued ahead of the workers, and so the memory it holds.
-        while len(self._in_flight) >= MAX_FILES_IN_FLIGHT:
-            oldest = self._in_flight.popleft()
-            wait([oldest])
-        future = pool.submit(self._file, path, node, st, self.files_cache.known(path))
-        self._in_flight.append(future)
-        return future
+        batch = self._batch
+        pending = _PendingFile(path, node, st, self.files_cache.known(path), batch)
+        batch.files.append(pending)
+        batch.size += st.st_size
+        if len(batch.files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
+            self._submit_batch()
+        return pending
 
-    def _file(self, path: bytes, node: Node, st: os.stat_result, known: bool) -> Node | None:
+    def _submit_batch(self) -> None:
+        batch = self._batch
+        if not batch.files:
+            return
+        self._batch = _Batch()
+        # Bound the work queued ahead of the workers, and so the memory it holds.
+        while len(self._in_flight) >= 2 * self.workers:
+            self._in_flight.popleft().result()
+        batch.future = self._pool.submit(self._read_batch, batch)
+        self._in_flight.append(batch.future)
+
+    def _open_file(self, path: bytes) -> int:
+        return open_path(path, FILE_FLAGS)
+
+    def _read_batch(self, batch: _Batch) -> None:
+        """Open the batch's files, ask for them to be read ahead, then back each up."""
+        fds: list[int | None] = []
+        for pending in batch.files:
+            try:
+                fd = self._open_file(pending.path)
+            except OSError as e:
+                self._warn(pending.path, f"cannot open: {e.strerror}")
+                pending.ok = False
+                fds.append(None)
+                continue
+            if pending.st.st_size:
+                try:
+                    size = min(pending.st.st_size, READAHEAD_BYTES)
+                    os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass  # only a hint
+            fds.append(fd)
+        counts = _Counts()
+        self._local.counts = counts
+        try:
+            for i, pending in enumerate(batch.files):
+                open_fd = fds[i]
+                if open_fd is None:
+                    continue
+                fds[i] = None
+                try:
+                    pending.ok = self._file(pending, open_fd, counts)
+                finally:
+                    os.close(open_fd)
+        finally:
+            for left in fds:
+                if left is not None:
+                    os.close(left)
+            self._stats.merge(counts)
+
+    def _file(self, pending: _PendingFile, fd: int, counts: _Counts) -> bool:
+        path, node = pending.path, pending.node
         read_start = self.clock.now_ns()
         try:
-            fd = open_path(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            self._warn(path, f"cannot open: {e.strerror}")
-            return None
-        try:
             before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != pending.st.st_ino:
                 self._warn(path, "replaced by another kind of file during the backup")
-                return None
+                return False
             node.xattrs = read_xattrs(fd)
             node.content, read = self._read_content(fd, before)
             after = os.fstat(fd)
         except OSError as e:
             self._warn(path, f"cannot read: {e.strerror}")
-            return None
-        finally:
-            os.close(fd)
+            return False
         node.size = read + sum(c for c in node.content if isinstance(c, int))
         if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             before.st_size,
@@ -302,15 +449,15 @@ class Archiver:
             # A file modified just before we read it could be modified again within the
             # same timestamp tick without its mtime moving: trust only older mtimes.
             self.files_cache.remember(path, after, node.content, node.xattrs)
-        self._stats.add(
-            files_new=0 if known else 1,
-            files_changed=1 if known else 0,
-            files_read=1,
-            bytes_read=read,
-            bytes_total=node.size,
-        )
+        if pending.known:
+            counts.files_changed += 1
+        else:
+            counts.files_new += 1
+        counts.files_read += 1
+        counts.bytes_read += read
+        counts.bytes_total += node.size
         self.progress.file_done(path, node.size, True)
-        return node
+        return True
 
     # --- streams --------------------------------------------------------------------
 
@@ -319,10 +466,17 @@ class Archiver:
         (named by the last part of its name), or StreamFailed."""
         parts = stream_parts(stream.name)
         content: list[bytes | int] = []
-        with stream.open() as pipe:
-            read = self._add_chunks(self._chunker().split_stream(pipe), content)
+        counts = _Counts()
+        try:
+            with stream.open() as pipe:
+                read = self._add_chunks(self._chunker().split_stream(pipe), content, counts)
+        finally:
+            self._stats.merge(counts)
         node = stream_file_node(parts[-1], read, content, self.clock.now_ns())
-        self._stats.add(files_new=1, files_read=1, bytes_read=read, bytes_total=read)
+        counts = _Counts()
+        counts.files_new = counts.files_read = 1
+        counts.bytes_read = counts.bytes_total = read
+        self._stats.merge(counts)
         self.progress.file_done(stream_path(stream.name), read, True)
         return node
 
@@ -380,51 +534,70 @@ class Archiver:
                 return True
         return False
 
-    def _walk(
-        self, path: bytes, node: Node, pool: ThreadPoolExecutor, ready: deque[_PendingDir]
-    ) -> _PendingDir:
-        self._stop_if_failed()
-        pending = _PendingDir(node)
+    def _scan(self, path: bytes) -> _Listing:
+        """List one directory: entries (not excluded) with their lstat, in name order."""
+        listing = _Listing()
         try:
-            fd = open_path(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_path(path, DIR_FLAGS)
         except OSError as e:
-            self._warn(path, f"cannot open directory: {e.strerror}")
-            ready.append(pending)
-            return pending
+            listing.problems.append((path, f"cannot open directory: {e.strerror}"))
+            return listing
         try:
-            node.xattrs = read_xattrs(fd)
+            listing.xattrs = read_xattrs(fd)
             with os.scandir(fd) as it:
-                entries = sorted(it, key=lambda e: os.fsencode(e.name))
-            for entry in entries:
-                name = os.fsencode(entry.name)
-                child_path = path.rstrip(b"/") + b"/" + name
-                if self._excluded(child_path, name):
+                names = sorted(os.fsencode(entry.name) for entry in it)
+            base = path.rstrip(b"/") + b"/"
+            excludes = self._excludes
+            for name in names:
+                if excludes and self._excluded(base + name, name):
                     continue
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError as e:
                     if e.errno != errno.ENOENT:
-                        self._warn(child_path, f"cannot stat: {e.strerror}")
+                        listing.problems.append((base + name, f"cannot stat: {e.strerror}"))
                     continue
-                child = node_from_stat(name, st)
-                if stat.S_ISDIR(st.st_mode):
-                    self._stats.add(dirs=1)
-                    pending.children.append(self._walk(child_path, child, pool, ready))
-                elif stat.S_ISREG(st.st_mode):
-                    pending.children.append(self._submit_file(pool, child_path, child, st))
-                else:
-                    if stat.S_ISLNK(st.st_mode):
-                        try:
-                            child.target = os.readlink(name, dir_fd=fd)
-                        except OSError as e:
-                            self._warn(child_path, f"cannot read link: {e.strerror}")
-                            continue
-                    self._stats.add(other=1)
-                    pending.children.append(child)
+                target = None
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.readlink(name, dir_fd=fd)
+                    except OSError as e:
+                        listing.problems.append((base + name, f"cannot read link: {e.strerror}"))
+                        continue
+                listing.entries.append((name, st, target))
         except OSError as e:
-            self._warn(path, f"cannot read directory: {e.strerror}")
+            listing.problems.append((path, f"cannot read directory: {e.strerror}"))
         finally:
             os.close(fd)
+        return listing
+
+    def _walk(self, path: bytes, node: Node, ready: deque[_PendingDir]) -> _PendingDir:
+        self._stop_if_failed()
+        pending = _PendingDir(node)
+        assert self._scanner is not None
+        listing = self._scanner.listing(path)
+        for problem_path, message in listing.problems:
+            self._warn(problem_path, message)
+        node.xattrs = listing.xattrs
+        base = path.rstrip(b"/") + b"/"
+        subdirs = [base + name for name, st, _ in listing.entries if stat.S_ISDIR(st.st_mode)]
+        self._scanner.prefetch(subdirs[:SCAN_AHEAD_PER_DIR])
+        seen_dirs = 0
+        children = pending.children
+        for name, st, target in listing.entries:
+            child = node_from_stat(name, st)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                children.append(self._add_file(base + name, child, st))
+            elif stat.S_ISDIR(mode):
+                seen_dirs += 1
+                self._scanner.prefetch(subdirs[seen_dirs : seen_dirs + SCAN_AHEAD_PER_DIR])
+                self._walked.dirs += 1
+                children.append(self._walk(base + name, child, ready))
+            else:
+                child.target = target
+                self._walked.other += 1
+                children.append(child)
         ready.append(pending)
         self._drain(ready, MAX_DIRS_WAITING)
         return pending
@@ -437,7 +610,14 @@ class Archiver:
     def _finish_dir(self, pending: _PendingDir) -> None:
         nodes: list[Node] = []
         for child in pending.children:
-            if isinstance(child, Future):
+            if isinstance(child, _PendingFile):
+                if child.batch.future is None:  # still filling: hand it over now
+                    self._submit_batch()
+                assert child.batch.future is not None
+                child.batch.future.result()
+                if child.ok:
+                    nodes.append(child.node)
+            elif isinstance(child, Future):
                 result = child.result()
                 if result is not None:
                     nodes.append(result)
@@ -455,7 +635,10 @@ class Archiver:
         data = encode_tree(nodes)
         bid = blob_id(self.sink.id_key, data)
         if self.sink.claim(bid):
-            self._store(TREE, bid, data)
+            stored = self.sink.store(TREE, bid, data)
+            self._walked.blobs_new += 1
+            self._walked.bytes_new += stored.raw_length
+            self._walked.bytes_stored += stored.stored_length
         return bid
 
     # --- the whole backup -----------------------------------------------------------
@@ -470,15 +653,22 @@ class Archiver:
                 f"{os.fsdecode(STREAM_ROOT)} exists and is backed up: it is where streams go"
             )
         ready: deque[_PendingDir] = deque()
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-file") as pool:
-            try:
-                root_tree = self._archive_roots(roots, request.streams, pool, ready)
-            except BaseException:
-                for stream in request.streams:
-                    stream.stop()  # or the pool would wait for the command to finish
-                pool.shutdown(wait=True, cancel_futures=True)
-                self.sink.discard()
-                raise
+        self._scanner = _Scanner(self._scan, SCAN_THREADS)
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-file") as pool:
+                self._pool = pool
+                try:
+                    root_tree = self._archive_roots(roots, request.streams, pool, ready)
+                except BaseException:
+                    for stream in request.streams:
+                        stream.stop()  # or the pool would wait for the command to finish
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self.sink.discard()
+                    raise
+        finally:
+            self._scanner.close()
+            self._stats.merge(self._walked)
+            self._walked = _Counts()
         self.sink.finish()
         cache_problem = self.files_cache.save()
         summary = self._stats.summary
@@ -517,7 +707,7 @@ class Archiver:
         stream_dir = self._start_streams(streams, pool)
         # A nested dict of path components; a None value marks a backed-up path.
         if roots == [b"/"]:
-            whole = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), pool, ready)
+            whole = self._walk(b"/", node_from_stat(b"", os.lstat(b"/")), ready)
             if stream_dir is not None:  # the root is finished last, by the drain below
                 whole.children.append(stream_dir)
                 self._finish_tree(stream_dir)
@@ -533,18 +723,14 @@ class Archiver:
             level[parts[-1]] = None
         if stream_dir is not None:
             layout[STREAM_ROOT.lstrip(b"/")] = stream_dir
-        top = self._archive_level(b"", layout, pool, ready)
+        top = self._archive_level(b"", layout, ready)
         self._drain(ready, 0)
         return top
 
     def _archive_level(
-        self,
-        prefix: bytes,
-        layout: dict[bytes, object],
-        pool: ThreadPoolExecutor,
-        ready: deque[_PendingDir],
+        self, prefix: bytes, layout: dict[bytes, object], ready: deque[_PendingDir]
     ) -> bytes:
-        children: list[Node | Future[Node | None] | _PendingDir] = []
+        children: list[Node | _PendingFile | Future[Node | None] | _PendingDir] = []
         for name, sub in sorted(layout.items()):
             if isinstance(sub, _PendingDir):  # streams: finished after the walk
                 children.append(sub)
@@ -557,12 +743,12 @@ class Archiver:
             node = node_from_stat(name, st)
             if sub is not None:
                 self._drain(ready, 0)
-                node.subtree = self._archive_level(path, sub, pool, ready)  # type: ignore[arg-type]
+                node.subtree = self._archive_level(path, sub, ready)  # type: ignore[arg-type]
                 children.append(node)
             elif stat.S_ISDIR(st.st_mode):
-                children.append(self._walk(path, node, pool, ready))
+                children.append(self._walk(path, node, ready))
             elif stat.S_ISREG(st.st_mode):
-                children.append(self._submit_file(pool, path, node, st))
+                children.append(self._add_file(path, node, st))
             else:
                 if stat.S_ISLNK(st.st_mode):
                     node.target = os.readlink(path)

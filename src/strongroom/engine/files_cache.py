@@ -52,6 +52,11 @@ class FilesCache:
         """Whether the last backup saw this path (then a cache miss means 'changed')."""
         return path in self._old
 
+    def keep(self, path: bytes, entry: CachedFile) -> None:
+        """Carry an unchanged file's entry over to the cache this run writes."""
+        with self._lock:
+            self._new[path] = entry
+
     def remember(
         self,
         path: bytes,

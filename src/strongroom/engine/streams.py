@@ -16,10 +16,11 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import IO, BinaryIO, Protocol
+from typing import IO, Protocol, cast
 
 from strongroom.engine.fsmeta import group_name, user_name
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.repository.chunker import Readable
 from strongroom.repository.tree import DIR, FILE, Node
 
 # Where streams live in a snapshot: `--stdin-name sql/app.dump` is /stdin/sql/app.dump,
@@ -45,7 +46,7 @@ class StreamSource(Protocol):
     def name(self) -> str:
         """The stream's place below STREAM_ROOT: a relative path."""
 
-    def open(self) -> AbstractContextManager[BinaryIO]:
+    def open(self) -> AbstractContextManager[Readable]:
         """The stream's bytes. Leaving the context after reading to the end checks that
         the producer succeeded, and raises StreamFailed if it did not."""
 
@@ -188,7 +189,7 @@ class CommandStream:
     def what(self) -> str:
         return f"stream {self._name} (command: {shlex.join(self.command)})"
 
-    def open(self) -> AbstractContextManager[BinaryIO]:
+    def open(self) -> AbstractContextManager[Readable]:
         return self._run()
 
     def stop(self) -> None:
@@ -198,7 +199,7 @@ class CommandStream:
                 _kill_group(self._proc)
 
     @contextmanager
-    def _run(self) -> Iterator[BinaryIO]:
+    def _run(self) -> Iterator[Readable]:
         with self._lock:
             if self._stopped:
                 raise StreamFailed(f"{self.what}: stopped before it started")
@@ -225,7 +226,7 @@ class CommandStream:
             timer.daemon = True
             timer.start()
         try:
-            yield proc.stdout  # type: ignore[misc]
+            yield cast(Readable, proc.stdout)  # unbuffered (bufsize=0): a raw FileIO
         except BaseException:
             _kill_group(proc)
             raise

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from pyfastcdc import FastCDC
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,11 @@ class ChunkerParams:
 
 
 class Chunker:
-    """Cuts byte streams into chunks; one instance per thread (FastCDC is not thread-safe)."""
+    """Cuts byte streams into chunks; one instance per thread (FastCDC is not thread-safe).
+
+    Streams are read into one buffer of twice the largest chunk, kept for the
+    chunker's life: a fresh buffer per file would be zeroed and faulted in each time.
+    """
 
     def __init__(self, params: ChunkerParams, seed: int) -> None:
         self.params = params
@@ -33,11 +41,38 @@ class Chunker:
             max_size=params.max_size,
             seed=seed,
         )
+        self._buf: bytearray | None = None
 
-    def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+    def split_stream(self, stream: Readable) -> Iterator[memoryview]:
         """Chunks of ``stream``; each view is valid only until the next one is taken."""
-        for chunk in self._cdc.cut_stream(stream):
-            yield memoryview(chunk.data)
+        max_size = self.params.max_size
+        if self._buf is None:
+            self._buf = bytearray(2 * max_size)
+        buf = self._buf
+        view = memoryview(buf)
+        filled = 0
+        eof = False
+        while True:
+            while not eof and filled < len(buf):
+                n = stream.readinto(view[filled:])
+                if not n:
+                    eof = True
+                else:
+                    filled += n
+            pos = 0
+            # A cut is final once the chunker saw max_size bytes past its start (or
+            # the end): the same cut points as one pass over the whole stream.
+            for chunk in self._cdc.cut_buf(view[:filled]):
+                if not eof and filled - pos < max_size:
+                    break
+                yield view[pos : pos + chunk.length]
+                pos += chunk.length
+            if eof:
+                return
+            # The buffer was full, so less than max_size is left after pos > max_size:
+            # the two ranges never overlap.
+            buf[: filled - pos] = view[pos:filled]
+            filled -= pos
 
     def split(self, data: bytes | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc.cut_buf(data):

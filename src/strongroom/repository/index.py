@@ -23,6 +23,7 @@ from strongroom.repository.codec import decode
 from strongroom.repository.pack import PackEntry
 
 SLOT = struct.Struct("<16sIIII")
+_PACK_NO = struct.Struct("<I")
 EMPTY = bytes(16)
 MAX_LOAD = 0.85
 # Growing by 1.25x at 85% full keeps the table at least 68% full: under 48 bytes a chunk.
@@ -115,6 +116,14 @@ class ChunkIndex:
         return BlobLocation(
             self.packs[pack_no], (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28
         )
+
+    def pack_of(self, bid: bytes) -> str | None:
+        """The id of the pack holding the blob (``get`` without building a location)."""
+        slot, found = self._probe(bid[:16])
+        if not found:
+            return None
+        pack_no: int = _PACK_NO.unpack_from(self._buf, slot * SLOT.size + 16)[0]
+        return self.packs[pack_no]
 
     def __contains__(self, bid: bytes) -> bool:
         return self._probe(bid[:16])[1]

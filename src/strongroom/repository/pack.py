@@ -38,6 +38,8 @@ DATA = 0
 TREE = 1
 BLOB_TYPES = {DATA: "data", TREE: "tree"}
 FLAG_COMPRESSED = 1
+# A pack being staged is written out in pieces of about this size.
+WRITE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class PackWriter:
         self._cipher = PackCipher(key)
         self.sink = sink
         self._mem: bytearray | None = bytearray() if sink is None else None
+        self._unwritten = bytearray()  # for a sink: written in pieces of WRITE_SIZE
         self._hash = hashlib.sha256()
         self._size = 0
         self.entries: list[PackEntry] = []
@@ -88,8 +91,15 @@ class PackWriter:
         if self._mem is not None:
             self._mem += data
         else:
-            assert self.sink is not None
-            self.sink.write(data)
+            self._unwritten += data
+            if len(self._unwritten) >= WRITE_SIZE:
+                self._write_out()
+
+    def _write_out(self) -> None:
+        assert self.sink is not None
+        # A fresh buffer first: a failed write may still hold a view of the old one.
+        data, self._unwritten = self._unwritten, bytearray()
+        self.sink.write(data)
 
     def add(
         self,
@@ -116,7 +126,13 @@ class PackWriter:
         flags = 0
         if packed is not None:
             # Verify before publishing: a compressor bug must not corrupt a backup.
-            if compression.decompress(packed, len(data), "blob") != data:
+            # (Comparing with a memoryview goes byte by byte; its keyed id is cheaper.)
+            restored = compression.decompress(packed, len(data), "blob")
+            if (
+                restored != data
+                if isinstance(data, bytes)
+                else blob_id(self._key.id_key, restored) != bid
+            ):
                 raise IntegrityError("compression round trip failed; refusing to store")
             flags = FLAG_COMPRESSED
         ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), packed or data)
@@ -133,6 +149,8 @@ class PackWriter:
         )
         sealed = self._cipher.encrypt(HEADER_AAD, header)
         self._append(sealed + TRAILER.pack(len(sealed)))
+        if self._unwritten:
+            self._write_out()
         return self._hash.hexdigest(), self._mem
 
     def discard(self) -> None:

@@ -380,10 +380,10 @@ class Repository:
         only in packs a gc marker names do not count; the pack of one that does is
         remembered, and checked again before the snapshot is written."""
         with self._index_lock:
-            loc = self.index.get(bid)
-            if loc is None or loc.pack_id in self.condemned:
+            pack_id = self.index.pack_of(bid)
+            if pack_id is None or pack_id in self.condemned:
                 return False
-            self._relied.add(loc.pack_id)
+            self._relied.add(pack_id)
             return True
 
     def new_pack_writer(self, *, staged: bool = False) -> PackWriter:
