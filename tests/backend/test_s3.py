@@ -651,6 +651,39 @@ def test_cli_round_trip_through_faults(
     assert sum(proxy.faults().values()) >= 3
 
 
+def test_full_packs_of_a_real_backup_go_up_as_multipart_uploads(
+    aws_env: S3Server, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """With the default sizes: a backup of 40 MiB of incompressible data fills packs
+    to their 16 MiB target, and each of those is sent in 8 MiB parts, never in one PUT."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(11).randbytes(40 * 1024 * KiB))
+    bucket = aws_env.new_bucket()
+    url = aws_env.url(bucket, "site", endpoint=proxy.endpoint)
+    assert cli("--repo", url, "init").code == 0
+    r = cli("--repo", url, "backup", "--client", "web01", str(src))
+    assert r.code == 0, r.stderr
+
+    packs = {
+        key: len(aws_env.stored(bucket, key))
+        for key in aws_env.stored_keys(bucket)
+        if key.startswith("site/data/")
+    }
+    full = sorted(key for key, size in packs.items() if size >= 16 * 1024 * KiB)
+    assert len(full) >= 2, packs
+    for key in full:
+        path = f"/{bucket}/{key}"
+        assert proxy.count(lambda s, p=path: s.method == "POST" and s.path == p + "?uploads") == 1
+        parts = proxy.count(lambda s, p=path: s.method == "PUT" and s.path.startswith(p + "?"))
+        assert parts == -(-packs[key] // (8 * 1024 * KiB)), key
+        assert proxy.count(lambda s, p=path: s.method == "PUT" and s.path == p) == 0
+    # Small objects still go in one PUT.
+    assert proxy.count(lambda s: s.method == "POST" and "/snapshots/" in s.path) == 0
+    r = cli("--repo", url, "check", "--read-data")
+    assert r.code == 0, r.stdout + r.stderr
+
+
 def test_cli_never_shows_the_secret_key(aws_env: S3Server, tmp_path: Path) -> None:
     """R18: a marker secret that the server refuses, in a real process with -v."""
     bucket = aws_env.new_bucket()
