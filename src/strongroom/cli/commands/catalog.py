@@ -38,8 +38,8 @@ def catalog_rebuild(app: App) -> None:
     config = app.load_config_if_any()
     sources: list[tuple[str, str, bytes]] = []
     if app.repo_url:
-        name, url, password = app.repository_named()
-        sources.append((name or url, url, password()))
+        configured, url, secret = app.repository_named()
+        sources.append((configured or url, url, secret()))
     elif config is not None:
         import os
 
