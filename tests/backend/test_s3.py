@@ -7,6 +7,7 @@ mapping, bounded retries through a fault proxy, object lock, secrets, and the CL
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -682,6 +683,44 @@ def test_full_packs_of_a_real_backup_go_up_as_multipart_uploads(
     assert proxy.count(lambda s: s.method == "POST" and "/snapshots/" in s.path) == 0
     r = cli("--repo", url, "check", "--read-data")
     assert r.code == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("prefix", ["snapshots", "index", "data"])
+def test_a_listing_error_aborts_a_collection_on_s3(
+    aws_env: S3Server, proxy: FaultProxy, tmp_path: Path, prefix: str
+) -> None:
+    """R10: prune on S3 whose listing of one kind of object is refused deletes nothing
+    (exit 10); once storage answers again, the next prune reclaims the space."""
+    bucket = aws_env.new_bucket()
+    url = aws_env.url(bucket, "site", endpoint=proxy.endpoint)
+    assert cli("--repo", url, "init").code == 0
+    old, kept = tmp_path / "old", tmp_path / "kept"
+    _tree(old)
+    (kept / "k").mkdir(parents=True)
+    (kept / "k" / "file").write_bytes(os.urandom(200 * KiB))
+    for client, src in (("old", old), ("kept", kept)):
+        assert cli("--repo", url, "backup", "--client", client, str(src)).code == 0
+    assert cli("--repo", url, "forget", "--client", "old", "--keep-last", "0",
+               "--unsafe-allow-remove-all").code == 0  # fmt: skip
+    stored = [k for k in aws_env.stored_keys(bucket) if "/locks/" not in k]
+    deletes = proxy.count(lambda s: s.method == "DELETE" and "/locks/" not in s.path)
+
+    def listing(seen: Seen) -> bool:
+        return seen.is_listing and f"prefix=site%2F{prefix}%2F" in seen.path
+
+    proxy.always("403", listing)
+    r = cli("--repo", url, "prune")
+    assert r.code == 10, r.stdout + r.stderr
+    assert "403" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+    assert proxy.count(lambda s: s.fault == "403") == 1
+    assert [k for k in aws_env.stored_keys(bucket) if "/locks/" not in k] == stored
+    assert proxy.count(lambda s: s.method == "DELETE" and "/locks/" not in s.path) == deletes
+
+    proxy.heal()
+    r = cli("--repo", url, "--json", "prune")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["packs_deleted"] > 0
+    assert cli("--repo", url, "check", "--read-data").code == 0
 
 
 def test_cli_never_shows_the_secret_key(aws_env: S3Server, tmp_path: Path) -> None:
