@@ -1,14 +1,17 @@
 """Fixtures of the backend tests: a real S3 server (``rclone serve s3``) on loopback,
-and a fault-injecting proxy in front of it.
+a fault-injecting proxy in front of it, and a moto S3 server for Object Lock.
 
-The server is started once per session, serving a temporary directory, so a test can
-compare what a backend stored with the bytes on disk. Without rclone the S3 tests are
-skipped, except under ``CI=true``, where they fail: CI must never pass by skipping.
+The rclone server is started once per session, serving a temporary directory, so a test
+can compare what a backend stored with the bytes on disk. rclone has no Object Lock (it
+ignores the headers); moto's server enforces it (versions, retention, refused deletes),
+so the object-lock tests run against moto. Without either the S3 tests are skipped,
+except under ``CI=true``, where they fail: CI must never pass by skipping.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -24,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import boto3
+import botocore.config
 import pytest
 
 from strongroom.backend.s3 import S3Backend, S3Location
@@ -156,6 +160,46 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass
+class MotoServer:
+    """A running moto S3 server (``ThreadedMotoServer``) on loopback."""
+
+    endpoint: str
+    _buckets = itertools.count(1)
+
+    def new_bucket(self) -> str:
+        return f"lock-{next(self._buckets):05d}"
+
+    def client(self) -> Any:
+        """A plain boto3 client, as someone holding the director's credentials has."""
+        return boto3.session.Session(
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1"
+        ).client(
+            "s3",
+            endpoint_url=self.endpoint,
+            config=botocore.config.Config(
+                s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}
+            ),
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:
+        _unavailable(f"moto is not installed ({e}); pip install 'moto[server]'")
+        raise AssertionError("unreachable") from None
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield MotoServer(f"http://{host}:{port}")
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ mapping, bounded retries through a fault proxy, object lock, secrets, and the CL
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -649,6 +650,77 @@ def test_cli_round_trip_through_faults(
     proxy.inject(0.1, kinds=[k for k in RANDOM_KINDS if k != "stall"], seed=5)
     _round_trip(aws_env.url(aws_env.new_bucket(), "vault", endpoint=proxy.endpoint), tmp_path)
     assert sum(proxy.faults().values()) >= 3
+
+
+def test_full_packs_of_a_real_backup_go_up_as_multipart_uploads(
+    aws_env: S3Server, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """With the default sizes: a backup of 40 MiB of incompressible data fills packs
+    to their 16 MiB target, and each of those is sent in 8 MiB parts, never in one PUT."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(11).randbytes(40 * 1024 * KiB))
+    bucket = aws_env.new_bucket()
+    url = aws_env.url(bucket, "site", endpoint=proxy.endpoint)
+    assert cli("--repo", url, "init").code == 0
+    r = cli("--repo", url, "backup", "--client", "web01", str(src))
+    assert r.code == 0, r.stderr
+
+    packs = {
+        key: len(aws_env.stored(bucket, key))
+        for key in aws_env.stored_keys(bucket)
+        if key.startswith("site/data/")
+    }
+    full = sorted(key for key, size in packs.items() if size >= 16 * 1024 * KiB)
+    assert len(full) >= 2, packs
+    for key in full:
+        path = f"/{bucket}/{key}"
+        assert proxy.count(lambda s, p=path: s.method == "POST" and s.path == p + "?uploads") == 1
+        parts = proxy.count(lambda s, p=path: s.method == "PUT" and s.path.startswith(p + "?"))
+        assert parts == -(-packs[key] // (8 * 1024 * KiB)), key
+        assert proxy.count(lambda s, p=path: s.method == "PUT" and s.path == p) == 0
+    # Small objects still go in one PUT.
+    assert proxy.count(lambda s: s.method == "POST" and "/snapshots/" in s.path) == 0
+    r = cli("--repo", url, "check", "--read-data")
+    assert r.code == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("prefix", ["snapshots", "index", "data"])
+def test_a_listing_error_aborts_a_collection_on_s3(
+    aws_env: S3Server, proxy: FaultProxy, tmp_path: Path, prefix: str
+) -> None:
+    """R10: prune on S3 whose listing of one kind of object is refused deletes nothing
+    (exit 10); once storage answers again, the next prune reclaims the space."""
+    bucket = aws_env.new_bucket()
+    url = aws_env.url(bucket, "site", endpoint=proxy.endpoint)
+    assert cli("--repo", url, "init").code == 0
+    old, kept = tmp_path / "old", tmp_path / "kept"
+    _tree(old)
+    (kept / "k").mkdir(parents=True)
+    (kept / "k" / "file").write_bytes(os.urandom(200 * KiB))
+    for client, src in (("old", old), ("kept", kept)):
+        assert cli("--repo", url, "backup", "--client", client, str(src)).code == 0
+    assert cli("--repo", url, "forget", "--client", "old", "--keep-last", "0",
+               "--unsafe-allow-remove-all").code == 0  # fmt: skip
+    stored = [k for k in aws_env.stored_keys(bucket) if "/locks/" not in k]
+    deletes = proxy.count(lambda s: s.method == "DELETE" and "/locks/" not in s.path)
+
+    def listing(seen: Seen) -> bool:
+        return seen.is_listing and f"prefix=site%2F{prefix}%2F" in seen.path
+
+    proxy.always("403", listing)
+    r = cli("--repo", url, "prune")
+    assert r.code == 10, r.stdout + r.stderr
+    assert "403" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+    assert proxy.count(lambda s: s.fault == "403") == 1
+    assert [k for k in aws_env.stored_keys(bucket) if "/locks/" not in k] == stored
+    assert proxy.count(lambda s: s.method == "DELETE" and "/locks/" not in s.path) == deletes
+
+    proxy.heal()
+    r = cli("--repo", url, "--json", "prune")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["packs_deleted"] > 0
+    assert cli("--repo", url, "check", "--read-data").code == 0
 
 
 def test_cli_never_shows_the_secret_key(aws_env: S3Server, tmp_path: Path) -> None:

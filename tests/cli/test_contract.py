@@ -268,6 +268,32 @@ def test_init_refuses_a_directory_with_other_data(tmp_path: Path) -> None:
     assert sorted(os.listdir(d)) == ["precious.txt"]
 
 
+def test_init_of_a_configured_repository_uses_its_url_and_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, src: Path
+) -> None:
+    """`--repo NAME init` creates the repository at the config's URL, under the
+    config's password, not a directory called NAME under the environment's password."""
+    monkeypatch.delenv("STRONGROOM_PASSWORD")
+    (tmp_path / "vault.pass").write_text("the vault's own password\n")
+    (tmp_path / "strongroom.toml").write_text(
+        f'[repositories.vault]\nurl = "{tmp_path}/vault-repo"\n'
+        f'password_file = "{tmp_path}/vault.pass"\n'
+    )
+    r = cli("--repo", "vault", "init")
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "vault-repo" / "config").exists() and not (tmp_path / "vault").exists()
+    assert cli("--repo", "vault", "backup", "--client", "c", str(src)).code == 0
+    monkeypatch.setenv("STRONGROOM_PASSWORD", "the vault's own password")
+    assert len(snapshots(tmp_path / "vault-repo")) == 1
+    # catalog rebuild --repo NAME: the same URL and password, recorded under the name.
+    monkeypatch.delenv("STRONGROOM_PASSWORD")
+    r = cli("--repo", "vault", "catalog", "rebuild")
+    assert r.code == 0, r.stderr
+    r = cli("--json", "snapshots")
+    assert r.code == 0, r.stderr
+    assert [s["client"] for s in json.loads(r.stdout)] == ["c"]
+
+
 def test_init_json(tmp_path: Path) -> None:
     r = cli("--repo", str(tmp_path / "new"), "--json", "init")
     assert r.code == 0

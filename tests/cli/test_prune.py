@@ -126,9 +126,14 @@ def test_beside_a_running_backup_prune_only_marks(
         r = in_repo(repo, "--json", "prune")
         assert r.code == 0, r.stderr
         doc = summary(r)
-        # Its packs are younger than the grace period: not even marked yet.
+        # Its packs are younger than the grace period: not even marked yet, and it says so.
         assert doc["mode"] == "two-phase" and doc["packs_deleted"] == 0
+        assert doc["candidates_marked"] == 0
+        assert doc["packs_deferred"] == doc["packs_unused"] > 0
         assert stored(repo) == before
+        human = in_repo(repo, "prune").stdout
+        assert f"{doc['packs_deferred']} unused pack(s) (" in human
+        assert "younger than 6h left alone" in human
     finally:
         writer.release()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,30 @@ def test_a_failed_copy_fails_the_run_and_keeps_the_snapshot(tmp_path: Path) -> N
     r = cli("events", "list", "--json")
     names = [e["event"] for e in json.loads(r.stdout)]
     assert names.count("run.failed") == 1 and "run.succeeded" not in names
+
+
+def test_the_text_output_names_the_copies_retention_and_why_a_run_failed(
+    tmp_path: Path,
+) -> None:
+    data = _fleet(tmp_path)
+    for i in range(3):
+        (data / "f").write_text(f"version {i}\n")
+        r = cli("run", "alpha")
+        assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    vault = _ids(tmp_path / "vault", "alpha")
+    assert lines[0].startswith("alpha/default: succeeded, exit 0, snapshot ")
+    assert re.fullmatch(
+        f"alpha/default: copied to vault as {vault[-1][:8]}, [1-9][0-9]* bytes uploaded; "
+        r"retention there removed 0 snapshot\(s\)",
+        lines[1],
+    ), lines[1]
+    assert lines[2] == "alpha/default: retention removed 1 snapshot(s)"
+
+    (tmp_path / "vault" / "config").rename(tmp_path / "vault-config")
+    (data / "f").write_text("version 3\n")
+    r = cli("run", "alpha")
+    assert r.code == 10
+    (line,) = r.stdout.splitlines()
+    assert line.startswith("alpha/default: failed, exit 10, snapshot ")
+    assert f"{tmp_path}/vault: no strongroom repository there" in line

@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef
 
 MiB = 1024 * 1024
-# A pack (16 MiB target, a little more when its last blob is large) goes in one PUT.
-DEFAULT_MULTIPART_THRESHOLD = 32 * MiB
+# A full pack (16 MiB target) goes up as a multipart upload in 8 MiB parts, as the AWS
+# CLI would send it; indexes, snapshots, keys and small packs go in one PUT.
+DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 SPOOL_IN_MEMORY = 1 * MiB
 # Lock objects are rewritten every ten minutes; retaining each version would only pile up.

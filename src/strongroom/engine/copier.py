@@ -160,7 +160,9 @@ class _TargetWriter:
         try:
             verify_pack(self.repo, pack_id, [e.id for e in writer.entries])
         except IntegrityError as e:
-            # The pack is never indexed; nothing more is written to this target.
+            # The pack is never indexed nor reused (by this repository object, which a
+            # director keeps for later copies); nothing more is written to this target.
+            self.repo.reject_pack(pack_id)
             raise TargetDamaged(str(e)) from None
         self.result.packs_verified += 1
 

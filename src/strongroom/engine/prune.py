@@ -97,6 +97,10 @@ class PruneResult:
     bytes_marked: int = 0
     packs_waiting: int = 0  # marked, waiting for the grace period or for writers
     bytes_waiting: int = 0
+    # Unused but younger than the grace period while writers are active (most likely a
+    # running backup's new packs): neither deleted nor marked; a later prune decides.
+    packs_deferred: int = 0
+    bytes_deferred: int = 0
     index_files_rewritten: int = 0
     markers_removed: int = 0
     notes: list[str] = field(default_factory=list)
@@ -585,6 +589,9 @@ class Collector:
         waiting = (marked | set(candidates)) - needed
         r.packs_waiting = sum(1 for p in waiting if p in self.view.packs)
         r.bytes_waiting = sum(self.view.packs[p].size for p in waiting if p in self.view.packs)
+        deferred = [p for p in self.view.packs if p not in needed and p not in waiting]
+        r.packs_deferred = len(deferred)
+        r.bytes_deferred = sum(self.view.packs[p].size for p in deferred)
 
     def _at_once(self, avoid: frozenset[str] = frozenset()) -> tuple[dict[bytes, str], set[str]]:
         """Nobody is writing (this process holds the exclusive lock): list everything

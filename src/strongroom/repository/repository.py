@@ -405,6 +405,14 @@ class Repository:
             self._pending[pack_id] = list(writer.entries)
         return pack_id, writer.size
 
+    def reject_pack(self, pack_id: str) -> None:
+        """A stored pack did not read back intact: no index file will name it, and it
+        is never offered for deduplication again (its blobs are stored anew). A writer
+        that relied on it meanwhile fails at its commit check (gc.protect_commit)."""
+        with self._index_lock:
+            self._pending.pop(pack_id, None)
+            self.condemned.add(pack_id)
+
     def pending_packs(self) -> int:
         with self._index_lock:
             return len(self._pending)

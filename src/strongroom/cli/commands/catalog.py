@@ -38,7 +38,8 @@ def catalog_rebuild(app: App) -> None:
     config = app.load_config_if_any()
     sources: list[tuple[str, str, bytes]] = []
     if app.repo_url:
-        sources.append((app.repo_url, app.repo_url, app.password()))
+        configured, url, secret = app.repository_named()
+        sources.append((configured or url, url, secret()))
     elif config is not None:
         import os
 

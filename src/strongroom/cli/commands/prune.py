@@ -95,6 +95,8 @@ def _summary(r: PruneResult) -> dict[str, object]:
         "bytes_marked": r.bytes_marked,
         "packs_waiting": r.packs_waiting,
         "bytes_waiting": r.bytes_waiting,
+        "packs_deferred": r.packs_deferred,
+        "bytes_deferred": r.bytes_deferred,
         "index_files_rewritten": r.index_files_rewritten,
         "markers_removed": r.markers_removed,
         "notes": r.notes,
@@ -138,6 +140,12 @@ def _show(app: App, r: PruneResult, options: PruneOptions) -> None:
         app.result(
             f"{r.packs_waiting} marked pack(s) ({_size(r.bytes_waiting)}) wait for the "
             "grace period or for running backups"
+        )
+    if r.packs_deferred:
+        app.result(
+            f"{r.packs_deferred} unused pack(s) ({_size(r.bytes_deferred)}) younger than "
+            f"{grace} left alone: most likely a running backup's new data; a later prune "
+            "marks what is still unused"
         )
 
 

@@ -173,7 +173,19 @@ def _report(app: App, outcome: RunOutcome) -> None:
             f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}, "
             f"snapshot {outcome.snapshot_id[:8]}, {s.get('files', 0)} files, "
             f"{s.get('bytes_new', 0)} bytes new, {s.get('duration_s', 0)}s"
+            + (f": {outcome.message}" if outcome.message else "")
         )
+        for copy in s.get("copies", []):
+            app.result(
+                f"{outcome.client}/{outcome.job}: copied to {copy['repository']} as "
+                f"{copy['snapshot_id'][:8]}, {copy['bytes_uploaded']} bytes uploaded; "
+                f"retention there removed {len(copy['forgotten'])} snapshot(s)"
+            )
+        if "forgotten" in s:
+            app.result(
+                f"{outcome.client}/{outcome.job}: retention removed "
+                f"{len(s['forgotten'])} snapshot(s)"
+            )
     else:
         app.result(
             f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}: "
