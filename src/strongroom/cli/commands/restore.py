@@ -81,7 +81,7 @@ def _restore_on_client(
 ) -> RestoreResult:
     """Through the client's agent: the director decrypts, the client writes."""
     from strongroom.agent.director import AgentRestore, AgentSession
-    from strongroom.jobs.run import agent_command_line
+    from strongroom.jobs.preflight import agent_command_line
 
     spec = app.load_config().job(client)
     if spec.transport == "local":
