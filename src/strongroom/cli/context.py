@@ -78,16 +78,17 @@ class App:
             )
         return url
 
-    def repository_target(self) -> tuple[str, Callable[[], bytes]]:
+    def repository_target(self, *, confirm: bool = False) -> tuple[str, Callable[[], bytes]]:
         """The URL and password source for --repo: a configured repository's name (or
-        URL) takes its password from the config; anything else is a URL or path."""
+        URL) takes its password from the config; anything else is a URL or path.
+        ``confirm``: a password typed at a prompt is asked twice (a new repository)."""
         given = self.require_repo_url()
         config = self.load_config_if_any()
         if config is not None:
             for name, spec in config.repositories.items():
                 if given in (name, spec.url):
                     return spec.url, functools.partial(spec.password, os.environ)
-        return given, self.password
+        return given, functools.partial(self.password, confirm=confirm)
 
     def password(self, *, confirm: bool = False) -> bytes:
         """The repository password from the environment, a file, a command, or a prompt."""

@@ -16,10 +16,11 @@ from strongroom.repository import Repository
 @pass_app
 def init_command(app: App) -> None:
     """Create a repository (refuses to overwrite one)."""
-    backend = open_backend(app.require_repo_url())
+    url, password = app.repository_target(confirm=True)  # --repo NAME: the config's
+    backend = open_backend(url)
     repo = Repository.init(
         backend,
-        app.password(confirm=True),
+        password(),
         kdf=app.kdf(),
         created=datetime.fromtimestamp(app.clock.now_ns() / 1e9, UTC).isoformat(),
         hostname=default_client(),
