@@ -4,15 +4,23 @@ timeouts enforced there."""
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from strongroom.agent.client import serve
+from strongroom.agent.protocol import MINOR, VERSION, ProtocolError, read_frame, write_frame
 from tests.agent.conftest import Sshd
 from tests.conftest import PASSWORD, cli
+
+FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
+OLD_AGENT = ["sh", "-c", f"exec {sys.executable} {FAKE_AGENT}", "fake-ssh"]  # protocol 1.0
 
 
 def _client(name: str, sshd: Sshd, agent: Path, source: Path, extra: str) -> str:
@@ -57,6 +65,9 @@ def site(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
         '[[clients.slow.hooks]]\nwhen = "before"\ntimeout = "1s"\n'
         f"command = {json.dumps(['sh', '-c', f'sleep 60 & echo $! > {out}/pid; wait'])}\n"
     )
+    old = (
+        f'[[clients.old.requires]]\nkind = "fresh-file"\npath = "{src}/app.dump"\nmax_age = "1h"\n'
+    )
     missing = (
         '[[clients.missing.requires]]\nkind = "fresh-file"\n'
         f'path = "{src}/no-such.dump"\nmax_age = "1h"\n'
@@ -66,8 +77,12 @@ def site(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
         '[defaults]\nrepository = "main"\n\n'
         + _client("db", sshd, agent, src, db) + "\n"
         + _client("slow", sshd, agent, src, slow) + "\n"
-        + _client("missing", sshd, agent, src, missing)
+        + _client("missing", sshd, agent, src, missing) + "\n"
+        + _client("old", sshd, agent, src, old).replace(
+            json.dumps(sshd.ssh_command()), json.dumps(OLD_AGENT))
     )  # fmt: skip
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(tmp_path / "old-agent-saw.json"))
+    monkeypatch.setenv("FAKE_AGENT_MODE", "none")
     monkeypatch.delenv("STRONGROOM_PASSWORD")
     return tmp_path
 
@@ -96,6 +111,58 @@ def test_a_file_missing_on_the_client_is_named(site: Path) -> None:
     summary = json.loads(r.stdout.splitlines()[-1])
     assert "No such file or directory (on the client)" in summary["message"]
     assert len(_agent_starts(site)) == 1  # the stat; no backup was attempted
+
+
+def test_an_agent_before_1_2_is_not_asked_and_the_reason_says_upgrade(site: Path) -> None:
+    r = cli("preflight", "old", "--json")
+    assert r.code == 21, r.stdout + r.stderr
+    [check] = [c for c in json.loads(r.stdout)["checks"] if not c["met"]]
+    assert "checking a file there needs 1.2" in check["detail"]
+    assert "upgrade strongroom on the client" in check["detail"]
+    assert not (site / "old-agent-saw.json").exists()  # no request reached it
+
+
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
+    reader, writer = io.BytesIO(), io.BytesIO()
+    write_frame(reader, {"op": "hello", "version": VERSION, "minor": MINOR})
+    write_frame(reader, request)
+    reader.seek(0)
+    assert serve(reader, writer) == 0
+    writer.seek(0)
+    assert read_frame(writer)["minor"] == MINOR == 2
+    return read_frame(writer)
+
+
+def test_the_agent_answers_stat_and_run(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    found = _serve({"op": "stat", "path": str(tmp_path / "f")})
+    assert (found["op"], found["size"], found["regular"]) == ("stat", 10, True)
+    assert found["mtime_ns"] == (tmp_path / "f").stat().st_mtime_ns
+    assert _serve({"op": "stat", "path": str(tmp_path / "nope")})["error"] == (
+        "No such file or directory"
+    )
+    ran = _serve({"op": "run", "command": ["sh", "-c", "echo $X; echo oops >&2; exit 3"],
+                  "timeout": 5, "env": {"X": "y"}})  # fmt: skip
+    assert ran == {"op": "ran", "exit_code": 3, "timed_out": False, "output": "oops"}
+    ran = _serve({"op": "run", "command": ["sleep", "30"], "timeout": 0.2, "env": {}})
+    assert ran["timed_out"] is True
+    ran = _serve({"op": "run", "command": ["/no/such/program"], "timeout": 5, "env": {}})
+    assert ran["exit_code"] == 127 and "cannot run /no/such/program" in ran["output"]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"op": "run", "command": [], "timeout": 5, "env": {}},
+        {"op": "run", "command": ["true", 1], "timeout": 5, "env": {}},
+        {"op": "run", "command": ["true"], "timeout": -1, "env": {}},
+        {"op": "run", "command": ["true"], "timeout": 5, "env": {"X": 1}},
+        {"op": "stat", "path": 7},
+    ],
+)
+def test_the_agent_refuses_malformed_checks(request_: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        _serve(request_)
 
 
 def test_hooks_run_on_the_client_by_default_and_on_the_director_when_asked(site: Path) -> None:
