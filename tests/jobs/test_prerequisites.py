@@ -132,7 +132,7 @@ def test_a_file_smaller_than_min_size_is_not_fresh_enough(fleet: Path) -> None:
     code, summary = _run()
     assert code == 21
     assert "fresh-file" in str(summary["message"])
-    assert "13 bytes, less than 1024" in str(summary["message"])
+    assert "13 bytes, less than min_size (1024 bytes)" in str(summary["message"])
     assert _snapshots(fleet) == []
 
 

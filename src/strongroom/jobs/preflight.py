@@ -167,7 +167,7 @@ def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
     if now - mtime > req.max_age:
         return Check(name, False, f"modified {when}, older than {format_duration(req.max_age)}")
     if size < req.min_size:
-        return Check(name, False, f"{size} bytes, less than {req.min_size}")
+        return Check(name, False, f"{size} bytes, less than min_size ({req.min_size} bytes)")
     return Check(name, True, f"modified {when}, {size} bytes")
 
 
