@@ -87,6 +87,25 @@ def site(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def test_ssh_never_gets_the_repository_password(
+    site: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R18: ssh (and whatever its config forwards with SendEnv) gets the director's
+    environment without the repository's password, for checks, hooks and backups."""
+    mark = "repo-pw-MARK-5e6f7a"
+    monkeypatch.setenv("STRONGROOM_PASSWORD", mark)  # set, though the config's file wins
+    envs = site / "ssh-env"
+    wrapper = ["sh", "-c", f'env >> {envs}; echo ---- >> {envs}; exec "$@"', "ssh"]
+    config = site / "strongroom.toml"
+    ssh = json.dumps(sshd.ssh_command())
+    config.write_text(config.read_text().replace(ssh, json.dumps(wrapper + sshd.ssh_command())))
+    r = cli("run", "db", "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    seen = envs.read_text()
+    assert seen.count("----") == 4  # stat, check command, before hook, backup
+    assert "PATH=" in seen and mark not in seen
+
+
 def _agent_starts(site: Path) -> list[str]:
     log = site / "agent.log"
     return log.read_text().splitlines() if log.exists() else []

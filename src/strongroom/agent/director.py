@@ -158,9 +158,16 @@ class ClientCommand:
 class AgentProcess:
     """One agent process (usually `ssh HOST strongroom agent`) serving one request."""
 
-    def __init__(self, command: Sequence[str], *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.command = list(command)
         self.timeout_s = timeout_s
+        self.env = None if env is None else dict(env)  # of ssh; None: this process's
         self._stderr: list[bytes] = []
 
     def stat(self, path: str) -> ClientFile:
@@ -212,7 +219,7 @@ class AgentProcess:
         try:
             proc = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
+                stderr=subprocess.PIPE, start_new_session=True, env=self.env,
             )  # fmt: skip
         except OSError as e:
             raise ClientUnreachable(f"cannot start {self.command[0]}: {e.strerror}") from None
@@ -293,8 +300,9 @@ class AgentSession(AgentProcess):
         *,
         timeout_s: float | None = None,
         before_commit: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(command, timeout_s=timeout_s)
+        super().__init__(command, timeout_s=timeout_s, env=env)
         self.repo = repo
         self.clock = clock
         self._before_commit = before_commit

@@ -142,11 +142,13 @@ def requirement(
             )
         return Check(name, True, f"marked at {when}{note}")
     if isinstance(req, FreshFileRequirement):
-        return _fresh_file(spec, req, now)
+        return _fresh_file(spec, req, now, env)
     return _command(spec, req, env)
 
 
-def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
+def _fresh_file(
+    spec: JobSpec, req: FreshFileRequirement, now: float, env: Mapping[str, str]
+) -> Check:
     name = f"fresh-file {req.path}"
     if spec.transport == "local":
         try:
@@ -155,7 +157,9 @@ def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
             return Check(name, False, e.strerror or str(e))
         mtime, size = st.st_mtime, st.st_size
     else:
-        agent = AgentProcess(agent_command_line(spec), timeout_s=STAT_TIMEOUT_S)
+        agent = AgentProcess(
+            agent_command_line(spec), timeout_s=STAT_TIMEOUT_S, env=for_job_commands(env)
+        )
         try:
             found = agent.stat(req.path)
         except ProtocolError as e:
@@ -191,7 +195,9 @@ def run_command(
     job_env = {"STRONGROOM_CLIENT": spec.client, "STRONGROOM_JOB": spec.name}
     start = time.monotonic()
     if on == "client" and spec.transport != "local":
-        agent = AgentProcess(agent_command_line(spec), timeout_s=timeout + AGENT_START_S)
+        agent = AgentProcess(
+            agent_command_line(spec), timeout_s=timeout + AGENT_START_S, env=for_job_commands(env)
+        )
         try:
             ran = agent.run(command, timeout, job_env)
         except ProtocolError as e:

@@ -39,6 +39,7 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.jobs.aftercare import Aftercare
+from strongroom.jobs.environment import for_job_commands
 from strongroom.jobs.locks import JobLock
 from strongroom.jobs.notifier import Notifier
 from strongroom.jobs.preflight import agent_command_line, preflight, run_command
@@ -373,7 +374,7 @@ class Director:
 
         session = AgentSession(
             agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
-            before_commit=lock.ensure_valid,
+            before_commit=lock.ensure_valid, env=for_job_commands(self.env),
         )  # fmt: skip
         result = session.backup(AgentBackup(
             **_request_fields(spec), prerequisites=evidence, client_streams=client_streams(spec),
