@@ -43,7 +43,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTEGRITY: "integrity error: damaged or missing data detected",
     EXIT_CLIENT_UNREACHABLE: "client unreachable",
     EXIT_PREREQUISITE: "prerequisite not met (no backup was attempted)",
-    EXIT_HOOK: "a job hook failed (no snapshot written)",
+    EXIT_HOOK: "a job hook failed (a before hook: no snapshot written; "
+    "an after hook: the snapshot is kept)",
     EXIT_INTERRUPTED: "interrupted",
 }
 

@@ -301,6 +301,24 @@ def test_init_json(tmp_path: Path) -> None:
     assert {"id", "location", "key_id"} <= doc.keys()
 
 
+def test_init_of_a_configured_repository_reads_a_password_file_beside_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRONGROOM_PASSWORD")
+    (tmp_path / "main.pass").write_text("from the file\n")
+    (tmp_path / "strongroom.toml").write_text(
+        f'[repositories.main]\nurl = "{tmp_path}/srv/main"\npassword_file = "main.pass"\n'
+    )
+    r = cli("--repo", "main", "init")
+    assert r.code == 0, r.stderr
+    assert not (tmp_path / "main").exists()  # not a new repository named after the name
+    assert (tmp_path / "srv" / "main" / "config").exists()
+    assert cli("--repo", "main", "snapshots").code == 0  # the file's password opens it
+    (tmp_path / "strongroom.toml").unlink()
+    monkeypatch.setenv("STRONGROOM_PASSWORD", "from the file")
+    assert cli("--repo", str(tmp_path / "srv" / "main"), "snapshots").code == 0
+
+
 # --- snapshots and backup JSON ----------------------------------------------------------
 
 

@@ -162,8 +162,12 @@ def test_every_event_is_in_the_catalog_before_any_sink_sees_it(fleet: Fleet) -> 
 def test_a_down_webhook_loses_nothing_and_gets_each_event_once(fleet: Fleet) -> None:
     with closed_port() as port:
         fleet.write(webhook_sink(f"http://127.0.0.1:{port}/hook"), ["hook"])
-        r, _ = run("alpha")
+        r = cli("run", "alpha")
         assert r.code == 0, r.stderr  # a sink's trouble never becomes the run's exit code
+        assert r.stderr.count("not delivered to hook (will retry): webhook unreachable") == 2
+        listed = cli("events", "list", "--pending")
+        assert listed.stdout.count("hook=pending(1)") == 2
+        assert listed.stdout.count("    hook: webhook unreachable: Connection refused") == 2
         pending = events("--pending")
         assert sorted(str(e["event"]) for e in pending) == ["run.started", "run.succeeded"]
         for e in pending:
@@ -272,6 +276,28 @@ def test_the_same_event_id_stored_twice_is_one_event(fleet: Fleet) -> None:
     assert [(r.id, [d.sink for d in ds]) for r, ds in stored] == [(event.id, ["pager"])]
     assert [p["id"] for p in fleet.paged()] == [event.id]
     assert fleet.paged()[0]["message"] == "alpha/default: boom"
+
+
+def test_a_stale_client_pages_once_a_day(fleet: Fleet) -> None:
+    fleet.write(pager_sink(fleet, events=["client.stale"]), ["pager"])
+    config = load_config(fleet.root / "strongroom.toml")
+    catalog = Catalog.open(f"sqlite:///{fleet.catalog_db}", auto_migrate=True)
+    clock = FakeClock()  # 2025-11-25 00:00 UTC
+    try:
+        notifier = Notifier(config, catalog, clock, {})
+        for _ in range(24):  # the monitor runs every hour for a day, then the next day
+            notifier.emit(notifier.stale_event("alpha", None, 86400))
+            clock.advance(3600)
+        notifier.emit(notifier.stale_event("alpha", None, 86400))
+        notifier.emit(notifier.stale_event("locked", None, 86400))
+    finally:
+        catalog.close()
+    pages = fleet.paged()
+    assert [(p["client"], p["time"][:10]) for p in pages] == [
+        ("alpha", "2025-11-25"), ("alpha", "2025-11-26"), ("locked", "2025-11-26"),
+    ]  # fmt: skip
+    assert len({p["id"] for p in pages}) == 3
+    assert pages[0]["details"] == {"last_success": None, "max_age_s": 86400}
 
 
 def test_events_test_reports_delivery_and_unknown_sinks(fleet: Fleet, http: HttpReceiver) -> None:
@@ -435,6 +461,7 @@ MARKS = {
     "smtp": "smtp-pw-MARK-3a4b5c",
     "apprise": "apprise-tok-MARK-6d7e8f",
     "cmd": "cmd-tok-MARK-9a0b1c",
+    "hook": "hook-pw-MARK-2b3c4d",
 }
 
 
@@ -486,6 +513,10 @@ def test_no_secret_leaks_into_output_catalog_payloads_or_errors(
         )  # fmt: skip
         names = ["hook_up", "hook_down", "mail", "chat_up", "chat_down", "pager", "pager_bad"]
         fleet.write(sinks, names)
+        # A failing hook quotes a URL with a password: the run's message quotes the hook.
+        config = tmp_path / "strongroom.toml"
+        locked = f"echo the dump at https://dump:{MARKS['hook']}@db/app is locked"
+        config.write_text(config.read_text().replace("echo the dump is locked", locked))
         try:
             results = [
                 cli("-v", "run", "alpha"),

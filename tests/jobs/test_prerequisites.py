@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -61,16 +62,42 @@ def test_a_fresh_marker_lets_it_run_and_the_snapshot_records_the_evidence(fleet:
     r = cli("preflight", "dracula", "--json")
     assert r.code == 0, r.stderr
     assert all(c["met"] for c in json.loads(r.stdout)["checks"])
+    before = datetime.now(UTC).replace(microsecond=0)
     code, summary = _run()
     assert code == 0, summary
-    from strongroom.backend import LocalBackend
-    from strongroom.repository import Repository
+    [snap] = _snapshots(fleet)
+    assert snap["id"] == summary["snapshot_id"]
+    evidence = {p.split(": met at ")[0]: p for p in snap["prerequisites"]}
+    assert list(evidence) == [
+        "reachable",
+        "marker sql-dump",
+        f"fresh-file {fleet}/srv/dump.sql",
+        f"command test '!' -e {fleet}/maintenance",
+    ], snap["prerequisites"]
+    # which were met, when they were checked, and the evidence
+    marker = evidence["marker sql-dump"]
+    checked = datetime.fromisoformat(marker.split(" met at ")[1].split(" ")[0])
+    assert before <= checked <= datetime.now(UTC)
+    assert "(marked at " in marker and "note: pg_dump ok" in marker
+    assert "2000 bytes" in evidence[f"fresh-file {fleet}/srv/dump.sql"]
+    assert "(exit 0 after" in evidence[f"command test '!' -e {fleet}/maintenance"]
 
-    repo = Repository.open(LocalBackend(fleet / "repo"), PASSWORD.encode())
-    snap = repo.load_snapshot(str(summary["snapshot_id"]))
-    assert any(p.startswith("marker sql-dump: met (marked at") and "pg_dump ok" in p
-               for p in snap.prerequisites), snap.prerequisites  # fmt: skip
-    assert any(p.startswith("fresh-file") for p in snap.prerequisites)
+
+def test_preflight_lists_every_check_met_or_not(fleet: Path) -> None:
+    (fleet / "maintenance").touch()
+    r = cli("preflight", "dracula", "--json")
+    assert r.code == 21
+    doc = json.loads(r.stdout)
+    assert doc["exit_code"] == 21
+    assert [(c["name"].split()[0], c["met"]) for c in doc["checks"]] == [
+        ("reachable", True), ("marker", False), ("fresh-file", True), ("command", False),
+    ]  # fmt: skip
+    assert all(c["checked_at"] for c in doc["checks"])
+    r = cli("preflight", "dracula")
+    assert r.code == 21
+    assert "marker sql-dump: NOT met at " in r.stdout and "(never marked)" in r.stdout
+    assert "not ready: marker sql-dump, command test" in r.stderr
+    assert _snapshots(fleet) == []
 
 
 def test_a_failed_or_stale_marker_stops_the_backup(fleet: Path) -> None:
@@ -94,8 +121,18 @@ def test_stale_file_and_failing_command_are_named(fleet: Path) -> None:
     code, summary = _run()
     assert code == 21
     message = str(summary["message"])
-    assert "fresh-file" in message and "older than 3600s" in message
+    assert "fresh-file" in message and "older than 1h" in message
     assert "command test '!' -e" in message and "maintenance (exit 1" in message
+    assert _snapshots(fleet) == []
+
+
+def test_a_file_smaller_than_min_size_is_not_fresh_enough(fleet: Path) -> None:
+    assert cli("mark", "sql-dump", "--client", "dracula").code == 0
+    (fleet / "srv" / "dump.sql").write_text("-- truncated\n")
+    code, summary = _run()
+    assert code == 21
+    assert "fresh-file" in str(summary["message"])
+    assert "13 bytes, less than min_size (1024 bytes)" in str(summary["message"])
     assert _snapshots(fleet) == []
 
 

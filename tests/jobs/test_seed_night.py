@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.conftest import PASSWORD, cli, cli_subprocess
 from tests.notify.servers import closed_port
 
 PAGER_EVENTS = ["run.failed", "client.unreachable", "prerequisite.failed", "client.stale"]
+NIGHT = "2026-11-25"
 
 
 def strongroom(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -81,11 +83,22 @@ def test_the_seed_night(site: Path) -> None:
         check = cli("config", "check")
         assert check.code == 0, check.stderr
 
-        # Night 1: the scheduler starts one `strongroom run CLIENT` per client, at once.
+        # The scheduler's entries, as `schedule export` gives them: one per client.
+        export = cli("schedule", "export", "--format", "json",
+                     "--program", f"{sys.executable} -m strongroom")  # fmt: skip
+        assert export.code == 0, export.stderr
+        entries = {e["client"]: e for e in json.loads(export.stdout)}
         clients = ["db1", "web1", "ghost", "never"]
+        assert sorted(entries) == sorted(clients)
+        assert {e["window_format"] for e in entries.values()} == {"%F"}
+
+        def scheduled(client: str) -> subprocess.CompletedProcess[bytes]:
+            command = [*entries[client]["command"], "--window", NIGHT, "--json"]
+            return subprocess.run(command, capture_output=True, timeout=120, check=False)
+
+        # Night 1: the scheduler starts one `strongroom run CLIENT` per client, at once.
         with ThreadPoolExecutor(len(clients)) as pool:
-            runs = pool.map(lambda c: strongroom("run", c, "--json"), clients)
-            procs = dict(zip(clients, runs, strict=True))
+            procs = dict(zip(clients, pool.map(scheduled, clients), strict=True))
         codes = {c: p.returncode for c, p in procs.items()}
         assert codes == {"db1": 21, "web1": 0, "ghost": 20, "never": 2}, {
             c: p.stderr.decode() for c, p in procs.items()
@@ -114,14 +127,20 @@ def test_the_seed_night(site: Path) -> None:
         for client, page in paged.items():
             assert page["run_id"] == night1[client]["run_id"]
 
-        # The upstream dump job finishes and says so; the retry backs db1 up.
+        # The upstream dump job finishes and says so; the scheduler's retries of the
+        # night back db1 up, and leave web1, which succeeded, alone.
         assert strongroom("mark", "sql-dump", "--client", "db1").returncode == 0
-        proc = strongroom("run", "db1", "--json")
+        proc = scheduled("db1")
         assert proc.returncode == 0, proc.stderr
         db1 = summary(proc)
         assert db1["snapshot_id"] and snapshots(site / "repo", "db1") == [db1["snapshot_id"]]
         [ok] = outbox("--client", "db1", "--event", "run.succeeded")
         assert ok["run_id"] == db1["run_id"]
+        retry = scheduled("web1")
+        assert retry.returncode == 0, retry.stderr
+        assert summary(retry)["existing_run_id"] == night1["web1"]["run_id"]
+        assert snapshots(site / "repo", "web1") == [web1_snapshot]
+        assert len(outbox("--client", "web1", "--event", "run.succeeded")) == 1
 
         # The next dump fails: the next run refuses again, and pages.
         mark = strongroom("mark", "sql-dump", "--client", "db1", "--failed", "--note", "disk full")

@@ -1,17 +1,20 @@
 """The agent's side (`strongroom agent`, on the client): walk, chunk, compress, send.
 
-It answers one director over stdin/stdout: ``hello``, then one ``backup`` request. It
-runs the same archiver as a local backup, with a sink that asks the director which
-chunks it lacks and sends only those, compressed; the job's client-side streams (the
-commands the director names, a database dump say) are read by that archiver too. It
-never sees the encryption key or any storage credential, and has no way to delete or
-overwrite anything.
+It answers one director over stdin/stdout: ``hello``, then one request: ``backup``,
+``restore``, ``stat`` (a fresh-file prerequisite) or ``run`` (a prerequisite command
+or hook with ``on = "client"``). For a backup it runs the same archiver as a local
+backup, with a sink that asks the director which chunks it lacks and sends only those,
+compressed; the job's client-side streams (the commands the director names, a
+database dump say) are read by that archiver too. It never sees the encryption key or
+any storage credential, and has no way to delete or overwrite anything.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,6 +35,7 @@ from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.engine.sink import Stored
 from strongroom.engine.streams import CommandStream
 from strongroom.errors import StrongroomError
+from strongroom.process import run_command
 from strongroom.repository import Chunker, ChunkerParams, Node, Snapshot, compression
 from strongroom.repository.snapshot import encode_snapshot
 from strongroom.repository.tree import decode_tree
@@ -87,9 +91,13 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": False})
         return 2
     write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": True})
-    request = read_frame(reader, frozenset({"backup", "restore"}))
+    request = read_frame(reader, frozenset({"backup", "restore", "stat", "run"}))
     if request["op"] == "restore":
         return _restore(reader, writer, request)
+    if request["op"] == "stat":
+        return _stat(writer, request)
+    if request["op"] == "run":
+        return _run(writer, request)
     sink = DirectorSink(reader, writer, request)
     paths = [str(p) for p in field(request, "paths", list)]
     try:
@@ -117,6 +125,52 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         "warnings": [f"{w.path}: {w.message}" for w in result.warnings] + result.notes,
     })  # fmt: skip
     return 0
+
+
+def _stat(writer: BinaryIO, request: dict[str, Any]) -> int:
+    """The size and mtime of one path, links followed (minor version 2)."""
+    path = field(request, "path", str)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        write_frame(writer, {"op": "stat", "error": e.strerror or type(e).__name__})
+        return 0
+    write_frame(writer, {"op": "stat", "mtime_ns": st.st_mtime_ns, "size": st.st_size,
+                         "regular": stat.S_ISREG(st.st_mode)})  # fmt: skip
+    return 0
+
+
+def _run(writer: BinaryIO, request: dict[str, Any]) -> int:
+    """Run one command the director names (no shell, stdin from /dev/null, killed with
+    everything it started at its timeout) and say how it ended (minor version 2)."""
+    command = field(request, "command", list)
+    timeout = request.get("timeout")
+    env = request.get("env", {})
+    if (
+        not command
+        or not all(isinstance(word, str) for word in command)
+        or not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0)
+        or not isinstance(env, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise ProtocolError("message 'run': malformed command")
+    timed_out, exit_code, output = False, -1, ""
+    try:
+        proc = run_command(command, timeout=float(timeout), env={**os.environ, **env})
+        exit_code = proc.returncode
+        output = _tail(proc.stderr) or _tail(proc.stdout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    except OSError as e:
+        exit_code, output = 127, f"cannot run {command[0]}: {e.strerror or e}"
+    write_frame(writer, {"op": "ran", "exit_code": exit_code, "timed_out": timed_out,
+                         "output": output})  # fmt: skip
+    return 0
+
+
+def _tail(data: bytes, lines: int = 5, chars: int = 1000) -> str:
+    kept = data.decode("utf-8", "replace").strip().splitlines()[-lines:]
+    return "\n".join(kept)[-chars:]
 
 
 def _streams(request: dict[str, Any]) -> list[CommandStream]:

@@ -1,4 +1,5 @@
-"""The director's side of an agent session: serve one agent's backup into a repository.
+"""The director's side of an agent session: serve one agent's backup into a repository,
+restore through it, or have it check a file or run a command on the client.
 
 The agent proposes chunk ids; the director says which it lacks; for those the agent
 sends zstd-compressed data, which the director decompresses (bounded), checks against
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -21,6 +22,7 @@ import msgspec
 
 from strongroom.agent.protocol import (
     MINOR,
+    MINOR_CLIENT_CHECKS,
     MINOR_STREAMS,
     VERSION,
     ProtocolError,
@@ -134,44 +136,82 @@ class _DirectorStreams:
         return self._archiver.summary
 
 
-class AgentSession:
-    """One agent process (usually `ssh HOST strongroom agent`) serving one backup."""
+@dataclass(frozen=True)
+class ClientFile:
+    """What the agent's ``stat`` found at a path on the client (following links)."""
+
+    mtime_ns: int = 0
+    size: int = 0
+    regular: bool = False
+    error: str | None = None  # why it could not be read (no such file...), else None
+
+
+@dataclass(frozen=True)
+class ClientCommand:
+    """How a command the agent ran on the client ended."""
+
+    exit_code: int
+    timed_out: bool
+    output: str  # the last lines of its stderr (else stdout), for the reason
+
+
+class AgentProcess:
+    """One agent process (usually `ssh HOST strongroom agent`) serving one request."""
 
     def __init__(
         self,
         command: Sequence[str],
-        repo: Repository,
-        clock: Clock,
         *,
         timeout_s: float | None = None,
-        before_commit: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = list(command)
-        self.repo = repo
-        self.clock = clock
         self.timeout_s = timeout_s
-        self._before_commit = before_commit
+        self.env = None if env is None else dict(env)  # of ssh; None: this process's
         self._stderr: list[bytes] = []
 
-    def backup(self, request: AgentBackup) -> AgentResult:
-        sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
-        streams = _DirectorStreams(request.director_streams, sink, self.clock)
+    def stat(self, path: str) -> ClientFile:
+        """The size and mtime of ``path`` on the client, as the agent sees it."""
 
-        def on_failure() -> None:
-            streams.stop()  # first: a stream's thread may be writing into the sink
-            sink.discard()
+        def body(r: Any, w: Any) -> ClientFile:
+            self._require(self._hello(r, w), MINOR_CLIENT_CHECKS, "checking a file there")
+            write_frame(w, {"op": "stat", "path": path})
+            reply = read_frame(r, frozenset({"stat"}))
+            if (error := reply.get("error")) is not None:
+                return ClientFile(error=str(error))
+            return ClientFile(get(reply, "mtime_ns", int), get(reply, "size", int),
+                              bool(reply.get("regular")))  # fmt: skip
 
-        result = self._with_agent(
-            lambda r, w: self._session(r, w, sink, request, streams), on_failure
-        )
-        assert isinstance(result, AgentResult)
+        result = self._with_agent(body, lambda: None)
+        assert isinstance(result, ClientFile)
         return result
 
-    def restore(self, request: AgentRestore) -> dict[str, Any]:
-        """Restore a tree onto the client; returns the agent's counts and messages."""
-        result = self._with_agent(lambda r, w: self._restore(r, w, request), lambda: None)
-        assert isinstance(result, dict)
+    def run(
+        self, command: Sequence[str], timeout_s: float, env: Mapping[str, str]
+    ) -> ClientCommand:
+        """Run ``command`` on the client (no shell, stdin from /dev/null, killed with all
+        it started at ``timeout_s``), with ``env`` added to the agent's environment."""
+
+        def body(r: Any, w: Any) -> ClientCommand:
+            self._require(self._hello(r, w), MINOR_CLIENT_CHECKS, "running a command there")
+            write_frame(w, {"op": "run", "command": list(command), "timeout": timeout_s,
+                            "env": dict(env)})  # fmt: skip
+            reply = read_frame(r, frozenset({"ran"}))
+            return ClientCommand(get(reply, "exit_code", int), bool(reply.get("timed_out")),
+                                 str(reply.get("output", "")))  # fmt: skip
+
+        result = self._with_agent(body, lambda: None)
+        assert isinstance(result, ClientCommand)
         return result
+
+    @staticmethod
+    def _require(minor: int, needed: int, what: str) -> None:
+        if minor < needed:
+            raise ProtocolError(
+                f"the client's agent speaks protocol {VERSION}.{minor}, and {what} needs "
+                f"{VERSION}.{needed}",
+                hint="upgrade strongroom on the client",
+            )
 
     def _with_agent(
         self, body: Callable[[Any, Any], object], on_failure: Callable[[], None]
@@ -179,7 +219,7 @@ class AgentSession:
         try:
             proc = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
+                stderr=subprocess.PIPE, start_new_session=True, env=self.env,
             )  # fmt: skip
         except OSError as e:
             raise ClientUnreachable(f"cannot start {self.command[0]}: {e.strerror}") from None
@@ -247,6 +287,45 @@ class AgentSession:
             )
         minor = hello.get("minor", 0)
         return minor if isinstance(minor, int) and not isinstance(minor, bool) else 0
+
+
+class AgentSession(AgentProcess):
+    """One agent process serving one backup or restore into or from ``repo``."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        repo: Repository,
+        clock: Clock,
+        *,
+        timeout_s: float | None = None,
+        before_commit: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(command, timeout_s=timeout_s, env=env)
+        self.repo = repo
+        self.clock = clock
+        self._before_commit = before_commit
+
+    def backup(self, request: AgentBackup) -> AgentResult:
+        sink = RepositorySink(self.repo, self.clock, before_commit=self._before_commit)
+        streams = _DirectorStreams(request.director_streams, sink, self.clock)
+
+        def on_failure() -> None:
+            streams.stop()  # first: a stream's thread may be writing into the sink
+            sink.discard()
+
+        result = self._with_agent(
+            lambda r, w: self._session(r, w, sink, request, streams), on_failure
+        )
+        assert isinstance(result, AgentResult)
+        return result
+
+    def restore(self, request: AgentRestore) -> dict[str, Any]:
+        """Restore a tree onto the client; returns the agent's counts and messages."""
+        result = self._with_agent(lambda r, w: self._restore(r, w, request), lambda: None)
+        assert isinstance(result, dict)
+        return result
 
     def _restore(self, r: Any, w: Any, request: AgentRestore) -> dict[str, Any]:
         self._hello(r, w)

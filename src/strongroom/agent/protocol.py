@@ -6,7 +6,9 @@ ends. See docs/agent.md.
 
 ``VERSION`` must match on both sides. ``MINOR`` counts backward-compatible additions,
 each announced in ``hello`` (a side that predates them sends no ``minor``: 0) and used
-only when the other side announced it: 1 adds ``streams`` to ``backup``.
+only when the other side announced it: 1 adds ``streams`` to ``backup``; 2 adds the
+requests ``stat`` and ``run`` (a job's fresh-file prerequisites and its commands
+with ``on = "client"``, checked and run on the client).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import msgspec
 from strongroom.errors import EXIT_INTEGRITY, IntegrityError, StrongroomError
 
 VERSION = 1
-MINOR = 1
+MINOR = 2
 MINOR_STREAMS = 1  # `backup {streams: [{name, command, timeout}]}`: run on the client
+MINOR_CLIENT_CHECKS = 2  # `stat {path}` and `run {command, timeout, env}`
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()

@@ -282,6 +282,8 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
         "tags": snap.tags,
         "program_version": snap.program_version,
         "summary": {k: getattr(snap.summary, k) for k in snap.summary.__struct_fields__},
+        # What `run` checked before writing it: "marker sql-dump: met at TIME (...)".
+        "prerequisites": snap.prerequisites,
     }
 
 

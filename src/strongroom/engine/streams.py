@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import threading
 from collections import deque
@@ -20,6 +19,7 @@ from typing import IO, Protocol, cast
 
 from strongroom.engine.fsmeta import group_name, user_name
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.process import kill_group
 from strongroom.repository.chunker import Readable
 from strongroom.repository.tree import DIR, FILE, Node
 
@@ -196,7 +196,7 @@ class CommandStream:
         with self._lock:
             self._stopped = True
             if self._proc is not None:
-                _kill_group(self._proc)
+                kill_group(self._proc)
 
     @contextmanager
     def _run(self) -> Iterator[Readable]:
@@ -219,7 +219,7 @@ class CommandStream:
 
         def on_timeout() -> None:
             expired.set()
-            _kill_group(proc)
+            kill_group(proc)
 
         timer = threading.Timer(self.timeout_s, on_timeout) if self.timeout_s else None
         if timer is not None:
@@ -228,7 +228,7 @@ class CommandStream:
         try:
             yield cast(Readable, proc.stdout)  # unbuffered (bufsize=0): a raw FileIO
         except BaseException:
-            _kill_group(proc)
+            kill_group(proc)
             raise
         finally:
             # The timer still bounds this wait: a command that closed its stdout but
@@ -268,13 +268,3 @@ def _stderr_text(tail: deque[bytes]) -> str:
     ]
     lines = [line for line in lines if line]
     return f"; its last error output: {' | '.join(lines)}" if lines else "; it wrote no errors"
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the command and everything it started (its own session, so its own group)."""
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -10,6 +10,7 @@ nothing: its events wait in the outbox until it answers.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,10 @@ class Notifier:
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.catalog)
+        # What `emit` could not deliver at once (it stays pending), for the command
+        # that emitted to report: runs on several threads add to it.
+        self.undelivered = DeliveryReport()
+        self._lock = threading.Lock()
 
     # -- emitting ----------------------------------------------------------------------
 
@@ -98,7 +103,11 @@ class Notifier:
         )
         if not self.outbox.add(record, sinks) or not deliver or not sinks:
             return DeliveryReport()
-        return self.deliver(event_id=event.id)
+        report = self.deliver(event_id=event.id)
+        with self._lock:
+            self.undelivered.failed += report.failed
+            self.undelivered.given_up += report.given_up
+        return report
 
     def stale_event(self, client: str, last_success: datetime | None, max_age_s: float) -> Event:
         """A ``client.stale`` event with an id fixed per client, last success and day: a

@@ -1,8 +1,12 @@
 """Preflight: is the client reachable, and are the job's prerequisites met?
 
 Nothing is backed up unless every check passes: an unreachable client is exit 20, an
-unmet prerequisite exit 21, each with the reason. The evidence of met prerequisites
-is recorded in the snapshot.
+unmet prerequisite exit 21, each with the reason. The evidence of met prerequisites,
+with the time each was checked, is recorded in the snapshot.
+
+What is checked "on the client" is checked by the client's agent (through ssh and
+``agent_command``, like a backup): a fresh file's size and age, and commands with
+``on = "client"``. A local client's checks run here, on the director.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from strongroom.agent.director import ClientUnreachable
+from strongroom.agent.director import AgentProcess, ClientUnreachable
+from strongroom.agent.protocol import ProtocolError
 from strongroom.catalog import Catalog
 from strongroom.clock import Clock
 from strongroom.config import (
@@ -25,11 +30,17 @@ from strongroom.config import (
     JobSpec,
     MarkerRequirement,
     Requirement,
+    format_duration,
 )
 from strongroom.errors import EXIT_PREREQUISITE, StrongroomError
 from strongroom.jobs.environment import for_job_commands
+from strongroom.process import run_command as run_bounded
 
 CONNECT_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 30.0
+STAT_TIMEOUT_S = 60.0
+# Besides a client command's own timeout: time for ssh to connect and the agent to start.
+AGENT_START_S = 60.0
 
 
 class PrerequisiteFailed(StrongroomError):
@@ -42,15 +53,16 @@ class Check:
     name: str
     met: bool
     detail: str
+    at: datetime | None = None  # when it was checked
 
     def __str__(self) -> str:
-        return f"{self.name}: {'met' if self.met else 'NOT met'} ({self.detail})"
+        when = f" at {self.at:%Y-%m-%dT%H:%M:%SZ}" if self.at is not None else ""
+        return f"{self.name}: {'met' if self.met else 'NOT met'}{when} ({self.detail})"
 
 
 def preflight(spec: JobSpec, catalog: Catalog, clock: Clock, env: Mapping[str, str]) -> list[Check]:
     """Every check, in order; raises ClientUnreachable (20) or PrerequisiteFailed (21)."""
-    checks = [reachable(spec)]
-    checks += [requirement(spec, req, catalog, clock, env) for req in spec.requires]
+    checks = check_all(spec, catalog, clock, env)
     unmet = [c for c in checks if not c.met]
     if unmet:
         raise PrerequisiteFailed(
@@ -61,6 +73,18 @@ def preflight(spec: JobSpec, catalog: Catalog, clock: Clock, env: Mapping[str, s
                 "met": [{"requirement": c.name, "evidence": c.detail} for c in checks if c.met],
             },
         )
+    return checks
+
+
+def check_all(spec: JobSpec, catalog: Catalog, clock: Clock, env: Mapping[str, str]) -> list[Check]:
+    """Reachability, then every prerequisite, each stamped with the time it was checked.
+    Raises ClientUnreachable (20); unmet prerequisites are returned, not raised."""
+
+    def stamped(check: Check) -> Check:
+        return replace(check, at=datetime.fromtimestamp(clock.now_ns() / 1e9, UTC))
+
+    checks = [stamped(reachable(spec))]
+    checks += [stamped(requirement(spec, req, catalog, clock, env)) for req in spec.requires]
     return checks
 
 
@@ -77,6 +101,7 @@ def reachable(spec: JobSpec) -> Check:
         ) from None
     if spec.ping_command:
         ping(spec)
+        return Check("reachable", True, f"{spec.host}:{spec.port} answered, and the ping")
     return Check("reachable", True, f"{spec.host}:{spec.port} answered")
 
 
@@ -85,13 +110,10 @@ def ping(spec: JobSpec) -> None:
     assert spec.ping_command is not None
     argv = [word.replace("{host}", spec.host) for word in spec.ping_command]
     try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True,
-            timeout=CONNECT_TIMEOUT_S * 3, check=False,
-        )  # fmt: skip
+        proc = run_bounded(argv, timeout=PING_TIMEOUT_S)
         reason = None if proc.returncode == 0 else f"exited {proc.returncode}"
     except subprocess.TimeoutExpired:
-        reason = f"no answer in {CONNECT_TIMEOUT_S * 3:g}s"
+        reason = f"no answer in {PING_TIMEOUT_S:g}s"
     except OSError as e:
         reason = f"could not run: {e.strerror}"
     if reason is not None:
@@ -115,14 +137,18 @@ def requirement(
         if marker.failed:
             return Check(name, False, f"marked FAILED at {when}{note}")
         if now - marker.time.timestamp() > req.max_age:
-            return Check(name, False, f"last marked at {when}, older than {req.max_age}s")
+            return Check(
+                name, False, f"last marked at {when}, older than {format_duration(req.max_age)}"
+            )
         return Check(name, True, f"marked at {when}{note}")
     if isinstance(req, FreshFileRequirement):
-        return _fresh_file(spec, req, now)
+        return _fresh_file(spec, req, now, env)
     return _command(spec, req, env)
 
 
-def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
+def _fresh_file(
+    spec: JobSpec, req: FreshFileRequirement, now: float, env: Mapping[str, str]
+) -> Check:
     name = f"fresh-file {req.path}"
     if spec.transport == "local":
         try:
@@ -131,19 +157,21 @@ def _fresh_file(spec: JobSpec, req: FreshFileRequirement, now: float) -> Check:
             return Check(name, False, e.strerror or str(e))
         mtime, size = st.st_mtime, st.st_size
     else:
-        proc = _on_client(spec, f"stat -L -c '%Y %s' -- {shlex.quote(req.path)}", 60)
-        if proc.returncode != 0:
-            return Check(name, False, _last_line(proc.stderr) or "stat failed on the client")
+        agent = AgentProcess(
+            agent_command_line(spec), timeout_s=STAT_TIMEOUT_S, env=for_job_commands(env)
+        )
         try:
-            mtime_text, size_text = proc.stdout.split()
-            mtime, size = float(mtime_text), int(size_text)
-        except ValueError:
-            return Check(name, False, "unexpected answer from stat on the client")
+            found = agent.stat(req.path)
+        except ProtocolError as e:
+            return Check(name, False, f"{e} ({e.hint})" if e.hint else str(e))
+        if found.error is not None:
+            return Check(name, False, f"{found.error} (on the client)")
+        mtime, size = found.mtime_ns / 1e9, found.size
     when = datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
     if now - mtime > req.max_age:
-        return Check(name, False, f"modified {when}, older than {req.max_age}s")
+        return Check(name, False, f"modified {when}, older than {format_duration(req.max_age)}")
     if size < req.min_size:
-        return Check(name, False, f"{size} bytes, less than {req.min_size}")
+        return Check(name, False, f"{size} bytes, less than min_size ({req.min_size} bytes)")
     return Check(name, True, f"modified {when}, {size} bytes")
 
 
@@ -160,32 +188,52 @@ def run_command(
     timeout: float,
     env: Mapping[str, str],
 ) -> Check:
-    """Run a prerequisite or hook command on the director, or on the client over ssh."""
+    """Run a prerequisite or hook command on the director, or on the client by its
+    agent; at ``timeout`` it is killed with everything it started.
+
+    Raises ClientUnreachable when a client command cannot reach the client."""
+    job_env = {"STRONGROOM_CLIENT": spec.client, "STRONGROOM_JOB": spec.name}
     start = time.monotonic()
-    try:
-        if on == "client" and spec.transport != "local":
-            proc = _on_client(spec, shlex.join(command), timeout)
-        else:
-            proc = subprocess.run(
-                list(command), capture_output=True, text=True, timeout=timeout,
-                env={**for_job_commands(env), "STRONGROOM_CLIENT": spec.client,
-                     "STRONGROOM_JOB": spec.name},
-                check=False,
-            )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return Check(name, False, f"timed out after {timeout}s")
-    except OSError as e:
-        return Check(name, False, f"cannot run: {e.strerror or e}")
+    if on == "client" and spec.transport != "local":
+        agent = AgentProcess(
+            agent_command_line(spec), timeout_s=timeout + AGENT_START_S, env=for_job_commands(env)
+        )
+        try:
+            ran = agent.run(command, timeout, job_env)
+        except ProtocolError as e:
+            return Check(name, False, f"{e} ({e.hint})" if e.hint else str(e))
+        if ran.timed_out:
+            return Check(name, False, f"timed out after {format_duration(int(timeout))}")
+        code, output = ran.exit_code, ran.output
+    else:
+        try:
+            proc = run_bounded(command, timeout=timeout, env={**for_job_commands(env), **job_env})
+        except subprocess.TimeoutExpired:
+            return Check(name, False, f"timed out after {format_duration(int(timeout))}")
+        except OSError as e:
+            return Check(name, False, f"cannot run: {e.strerror or e}")
+        code = proc.returncode
+        output = _text(proc.stderr) or _text(proc.stdout)
     took = f"{time.monotonic() - start:.1f}s"
-    if proc.returncode != 0:
-        detail = _last_line(proc.stderr) or _last_line(proc.stdout)
-        return Check(name, False, f"exit {proc.returncode} after {took}: {detail}".rstrip(": "))
+    if code != 0:
+        detail = _last_line(output)
+        return Check(name, False, f"exit {code} after {took}: {detail}".rstrip(": "))
     return Check(name, True, f"exit 0 after {took}")
 
 
-def _on_client(spec: JobSpec, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    argv = [*spec.ssh_command, "-p", str(spec.port), spec.host, command]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+def agent_command_line(spec: JobSpec) -> list[str]:
+    """``ssh_command -p PORT HOST agent_command``; the remote shell sees quoted words."""
+    return [
+        *spec.ssh_command,
+        "-p",
+        str(spec.port),
+        spec.host,
+        " ".join(shlex.quote(word) for word in spec.agent_command),
+    ]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip()
 
 
 def _last_line(text: str) -> str:

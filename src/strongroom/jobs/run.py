@@ -39,17 +39,24 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.jobs.aftercare import Aftercare
+from strongroom.jobs.environment import for_job_commands
 from strongroom.jobs.locks import JobLock
 from strongroom.jobs.notifier import Notifier
-from strongroom.jobs.preflight import preflight, run_command
+from strongroom.jobs.preflight import agent_command_line, preflight, run_command
 from strongroom.jobs.streams import client_streams, director_streams
+from strongroom.notify.event import redact
 from strongroom.repository import Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
 
 
 class HookFailed(StrongroomError):
     exit_code = EXIT_HOOK
-    hint = "see the hook's output in the run's log; a failed before-hook means no backup"
+
+
+HOOK_HINTS = {
+    "before": "nothing was backed up; fix the hook, then run again",
+    "after": "the snapshot was written and is kept; fix the hook",
+}
 
 
 INDEX_REFRESH_S = 600.0  # a director re-reads new index files at most this often
@@ -175,6 +182,9 @@ class Director:
             outcome.exit_code, outcome.status = EXIT_FATAL, "failed"
             outcome.message = f"internal error: {type(e).__name__}: {e}"
             outcome.warnings.append(traceback.format_exc())
+        # Errors may quote commands and URLs: the catalog and the output get what an
+        # event would (R18), never a credential inside a URL.
+        outcome.message = redact(outcome.message)
         status = {"succeeded": RunStatus.SUCCEEDED, "warning": RunStatus.WARNING}.get(
             outcome.status, RunStatus.FAILED
         )
@@ -238,13 +248,23 @@ class Director:
             raise
 
     def _hooks(self, spec: JobSpec, when: str, *, quiet: bool = False) -> None:
-        """Run the job's hooks for ``when``; a failing one raises HookFailed (exit 22)."""
+        """Run the job's hooks for ``when``; a failing one raises HookFailed (exit 22).
+
+        ``quiet`` (the failure hooks of a run that already failed): a hook that fails, or
+        cannot reach the client, must not replace the error that made the run fail.
+        """
         for hook in (h for h in spec.hooks if h.when == when):
-            check = run_command(spec, f"{when} hook {shlex.join(hook.command)}", hook.command,
-                                hook.on, hook.timeout, self.env)  # fmt: skip
+            name = f"{when} hook {shlex.join(hook.command)}"
+            try:
+                check = run_command(spec, name, hook.command, hook.on, hook.timeout, self.env)
+            except StrongroomError:
+                if quiet:
+                    continue
+                raise
             if not check.met and not quiet:
                 raise HookFailed(
                     f"{spec.client}/{spec.name}: {check.name}: {check.detail}",
+                    hint=HOOK_HINTS.get(when),
                     details={"hook": when, "command": list(hook.command), "on": hook.on,
                              "reason": check.detail},
                 )  # fmt: skip
@@ -354,7 +374,7 @@ class Director:
 
         session = AgentSession(
             agent_command_line(spec), repo, self.clock, timeout_s=spec.timeout,
-            before_commit=lock.ensure_valid,
+            before_commit=lock.ensure_valid, env=for_job_commands(self.env),
         )  # fmt: skip
         result = session.backup(AgentBackup(
             **_request_fields(spec), prerequisites=evidence, client_streams=client_streams(spec),
@@ -407,17 +427,6 @@ def path_entries(repo: Repository, snapshot: Snapshot) -> list[PathEntry]:
             mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),
         )
         for path, node in walk(repo, snapshot.tree)
-    ]
-
-
-def agent_command_line(spec: JobSpec) -> list[str]:
-    """``ssh_command -p PORT HOST agent_command``; the remote shell sees quoted words."""
-    return [
-        *spec.ssh_command,
-        "-p",
-        str(spec.port),
-        spec.host,
-        " ".join(shlex.quote(word) for word in spec.agent_command),
     ]
 
 

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from strongroom import __version__
 from strongroom.notify.event import Event, redact
+from strongroom.process import run_command
 
 
 class DeliveryFailed(Exception):
@@ -42,7 +43,7 @@ def event_json(event: Event, *, indent: int | None = None) -> bytes:
 @dataclass(frozen=True)
 class CommandSender:
     """Runs ``argv`` with the event as JSON on stdin and STRONGROOM_* variables; exit 0
-    means delivered."""
+    means delivered. At ``timeout`` it is killed with everything it started."""
 
     argv: Sequence[str]
     timeout: float
@@ -51,13 +52,11 @@ class CommandSender:
     def send(self, event: Event) -> None:
         name = self.argv[0]
         try:
-            proc = subprocess.run(
-                list(self.argv),
+            proc = run_command(
+                self.argv,
                 input=event_json(event),
                 env={**self.env, **event.environment()},
-                capture_output=True,
                 timeout=self.timeout,
-                check=False,
             )
         except OSError as e:
             raise DeliveryFailed(f"command {name} could not run: {e.strerror}") from None

@@ -79,6 +79,10 @@ def list_command(
             f"{record.time:%Y-%m-%d %H:%M:%S}  {record.id[:8]}  {record.name:20} "
             f"{record.payload.get('message', '')}  [{states or 'no sink'}]"
         )
+        for d in deliveries:  # why a sink has not got it (stored redacted)
+            if d.state != "delivered" and d.last_error:
+                next_try = f", next try {d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else ""
+                app.result(f"    {d.sink}: {d.last_error}{next_try}")
 
 
 @events_command.command("deliver")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.errors import EXIT_SUCCESS, UsageError
+from strongroom.errors import EXIT_PREREQUISITE, EXIT_SUCCESS, UsageError
 
 
 @click.command("mark")
@@ -50,22 +50,32 @@ def mark_command(app: App, name: str, client: str, failed: bool, note: str | Non
 @click.option("--job", help="Check this job instead of the client's default job.")
 @pass_app
 def preflight_command(app: App, client: str, job: str | None) -> int:
-    """Check reachability and prerequisites only; same exit codes as `run` (20, 21)."""
-    from strongroom.jobs.preflight import preflight
+    """Check reachability and prerequisites only; same exit codes as `run` (20, 21).
+
+    Every check is listed, met or not, with its evidence or the reason it failed.
+    """
+    from strongroom.jobs.preflight import check_all
 
     config = app.load_config()
     spec = config.job(client, job)
     catalog = app.open_catalog(config)
     try:
-        checks = preflight(spec, catalog, app.clock, dict(os.environ))
+        checks = check_all(spec, catalog, app.clock, dict(os.environ))  # 20 raises
     finally:
         catalog.close()
+    code = EXIT_SUCCESS if all(c.met for c in checks) else EXIT_PREREQUISITE
     if app.json:
-        app.emit_json({"client": spec.client, "job": spec.name, "exit_code": EXIT_SUCCESS,
-                       "checks": [{"name": c.name, "met": c.met, "detail": c.detail}
+        app.emit_json({"client": spec.client, "job": spec.name, "exit_code": code,
+                       "checks": [{"name": c.name, "met": c.met, "detail": c.detail,
+                                   "checked_at": c.at.isoformat() if c.at else None}
                                   for c in checks]})  # fmt: skip
     else:
         for c in checks:
             app.result(str(c))
-        app.result(f"{spec.client}/{spec.name}: ready")
-    return EXIT_SUCCESS
+        unmet = [c.name for c in checks if not c.met]
+        if unmet:
+            click.echo(f"{spec.client}/{spec.name}: not ready: {', '.join(unmet)} "
+                       "(a run would back up nothing and exit 21)", err=True)  # fmt: skip
+        else:
+            app.result(f"{spec.client}/{spec.name}: ready")
+    return code

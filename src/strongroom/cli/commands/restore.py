@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from strongroom.cli.context import App, pass_app
@@ -81,12 +83,14 @@ def _restore_on_client(
 ) -> RestoreResult:
     """Through the client's agent: the director decrypts, the client writes."""
     from strongroom.agent.director import AgentRestore, AgentSession
-    from strongroom.jobs.run import agent_command_line
+    from strongroom.jobs.environment import for_job_commands
+    from strongroom.jobs.preflight import agent_command_line
 
     spec = app.load_config().job(client)
     if spec.transport == "local":
         return Restorer(repo).restore(snap, request)
-    done = AgentSession(agent_command_line(spec), repo, app.clock).restore(
+    env = for_job_commands(os.environ)  # ssh needs no repository password
+    done = AgentSession(agent_command_line(spec), repo, app.clock, env=env).restore(
         AgentRestore(snap.tree, request.target, request.includes, request.excludes, request.verify)
     )
     return RestoreResult(

@@ -108,6 +108,7 @@ def run_command(
             director.close()
         # Retry whatever earlier runs could not deliver; a sink's trouble is reported,
         # never turned into the run's exit code (the events wait in the outbox).
+        report_deliveries(app, notifier.undelivered)
         report_deliveries(app, notifier.deliver())
         write_metrics(app, config, catalog)
     finally:

@@ -1,10 +1,16 @@
-"""`strongroom schedule export`: per-client job definitions for the scheduler you run."""
+"""`strongroom schedule export`: per-client job definitions for the scheduler you run.
+
+Each entry runs `strongroom run CLIENT --job JOB --window DATE`, DATE being the day the
+scheduler starts it (`date +%F`): a scheduler's retry of a night that already
+succeeded then exits 0 without a second backup.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +21,10 @@ from strongroom.config import parse_duration
 from strongroom.errors import EXIT_CODES, UsageError
 
 HH_MM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+WINDOW_FORMAT = "%F"  # date(1) and strftime: the start day, 2026-11-25
+# cron hands the line to sh, but an unescaped % would end the command there.
+CRON_WINDOW_FORMAT = WINDOW_FORMAT.replace("%", "\\%")
+_SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
 
 
 @click.group("schedule")
@@ -47,34 +57,61 @@ def schedule_command() -> None:
     "--program",
     default="strongroom",
     show_default=True,
-    help="The strongroom command the scheduler should run.",
+    help="The strongroom command the scheduler should run (found on PATH now, so the "
+    "scheduler's own short PATH does not matter).",
+)
+@click.option(
+    "--window/--no-window",
+    default=True,
+    show_default=True,
+    help="Add `--window DATE` (the day the scheduler starts the run), so that a retry "
+    "of a night that succeeded makes no second backup.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="systemd: write each .service and .timer file into this directory.",
 )
 @pass_app
 def schedule_export(
-    app: App, fmt: str, default_time: str, jitter: str | None, user: str, program: str
+    app: App,
+    fmt: str,
+    default_time: str,
+    jitter: str | None,
+    user: str,
+    program: str,
+    window: bool,
+    output_dir: Path | None,
 ) -> None:
     """One entry per client job, from each job's `schedule` hint."""
     config = app.load_config()
     if not HH_MM.match(default_time):
         raise UsageError(f"--default-time {default_time!r} is not HH:MM")
+    if output_dir is not None and fmt != "systemd":
+        raise UsageError("--output-dir goes with --format systemd")
     jitter_s = int(parse_duration(jitter)) if jitter else 0
     config_path = str(Path(config.file).resolve())
+    words = shlex.split(program)
+    if not words:
+        raise UsageError("--program is empty")
+    words[0] = shutil.which(words[0]) or words[0]
     entries = [
         Entry(
             spec.client,
             spec.name,
-            [*shlex.split(program), "--config", config_path, "run", spec.client, "--job",
-             spec.name],
+            [*words, "--config", config_path, "run", spec.client, "--job", spec.name],
             spec.schedule or default_time,
             _offset(spec.client, spec.name, jitter_s),
         )
         for spec in config.jobs()
-    ]  # fmt: skip
+    ]
     if app.json or fmt == "json":
         app.emit_json([
             {"client": e.client, "job": e.job, "command": e.command, "schedule": e.schedule,
              "on_calendar": _on_calendar(e.schedule), "cron": _cron(e.schedule, e.offset_s),
-             "offset_s": e.offset_s, "jitter_s": jitter_s}
+             "offset_s": e.offset_s, "jitter_s": jitter_s,
+             # add `--window` and the start time formatted so (strftime)
+             "window_format": WINDOW_FORMAT if window else None}
             for e in entries
         ])  # fmt: skip
         return
@@ -87,20 +124,31 @@ def schedule_export(
                 click.echo(f"# {e.client}/{e.job}: schedule {e.schedule!r} is not HH:MM; "
                            "use --format systemd or json")  # fmt: skip
                 continue
-            click.echo(f"{cron} {user} {shlex.join(e.command)}")
+            dated = f' --window "$(date +{CRON_WINDOW_FORMAT})"' if window else ""
+            click.echo(f"{cron} {user} {shlex.join(e.command)}{dated}")
         return
     for e in entries:
         unit = f"strongroom-{e.client}-{e.job}"
-        click.echo(f"# ---- {unit}.service ----\n# Exit codes:\n{legend}"
-                   f"[Unit]\nDescription=strongroom backup of {e.client} ({e.job})\n\n"
-                   f"[Service]\nType=oneshot\nExecStart={shlex.join(e.command)}\n"
-                   "# 3 = snapshot written with warnings: not a failure for systemd\n"
-                   "SuccessExitStatus=3\n\n"
-                   f"# ---- {unit}.timer ----\n"
-                   f"[Unit]\nDescription=nightly strongroom backup of {e.client}\n\n"
-                   f"[Timer]\nOnCalendar={_on_calendar(e.schedule)}\nPersistent=true\n"
-                   + (f"RandomizedDelaySec={jitter_s}\n" if jitter_s else "")
-                   + "\n[Install]\nWantedBy=timers.target\n")  # fmt: skip
+        service = (
+            f"# Exit codes:\n{legend}"
+            f"[Unit]\nDescription=strongroom backup of {e.client} ({e.job})\n\n"
+            f"[Service]\nType=oneshot\nExecStart={_exec_start(e.command, window)}\n"
+            "# 3 = snapshot written with warnings: not a failure for systemd\n"
+            "SuccessExitStatus=3\n"
+        )
+        timer = (
+            f"[Unit]\nDescription=nightly strongroom backup of {e.client} ({e.job})\n\n"
+            f"[Timer]\nOnCalendar={_on_calendar(e.schedule)}\nPersistent=true\n"
+            + (f"RandomizedDelaySec={jitter_s}\n" if jitter_s else "")
+            + "\n[Install]\nWantedBy=timers.target\n"
+        )
+        if output_dir is None:
+            click.echo(f"# ---- {unit}.service ----\n{service}\n# ---- {unit}.timer ----\n{timer}")
+            continue
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in ((f"{unit}.service", service), (f"{unit}.timer", timer)):
+            (output_dir / name).write_text(text)
+            app.result(str(output_dir / name))
 
 
 @dataclass(frozen=True)
@@ -110,6 +158,24 @@ class Entry:
     command: list[str]
     schedule: str
     offset_s: int
+
+
+def _exec_start(command: list[str], window: bool) -> str:
+    """An ExecStart= value. systemd runs no shell, so the start day comes from one:
+    `sh -c 'exec "$@" --window "$(date +%F)"' sh COMMAND...`, with systemd's own
+    escapes ($$ for $, %% for %)."""
+    words = [_systemd_word(w) for w in command]
+    if not window:
+        return " ".join(words)
+    script = f'exec "$$@" --window "$$(date +{WINDOW_FORMAT.replace("%", "%%")})"'
+    return f"/bin/sh -c '{script}' sh " + " ".join(words)
+
+
+def _systemd_word(word: str) -> str:
+    escaped = word.replace("%", "%%").replace("$", "$$")
+    if _SYSTEMD_PLAIN.match(word):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _offset(client: str, job: str, jitter_s: int) -> int:
