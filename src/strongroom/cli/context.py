@@ -183,9 +183,12 @@ class App:
 
     def load_config(self) -> Config:
         """The fleet config: --config, STRONGROOM_CONFIG, ./strongroom.toml, /etc/strongroom."""
-        from strongroom.config import find_config, load_config
+        from strongroom.config import find_config
 
-        return load_config(find_config(self.config, os.environ))
+        path = find_config(self.config, os.environ)  # before pydantic is even imported
+        from strongroom.config import load_config
+
+        return load_config(path)
 
     def state_dir(self) -> Path:
         from strongroom.jobs.run import default_state_dir

@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from strongroom.config.diagnostics import schema_problems
-from strongroom.config.errors import ConfigError, ConfigIssue, ConfigNotFound
+from strongroom.config.errors import ConfigError, ConfigIssue
 from strongroom.config.fleet import Config
 from strongroom.config.lines import KeyLines, index_lines, key_path
 from strongroom.config.references import Problem, reference_problems
 from strongroom.config.units import FROM_FILE
 
-SYSTEM_CONFIG = Path("/etc/strongroom/strongroom.toml")
-LOCAL_CONFIG = Path("strongroom.toml")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
-
-
-def find_config(
-    explicit: str | None,
-    env: Mapping[str, str],
-    *,
-    cwd: Path | None = None,
-    system: Path = SYSTEM_CONFIG,
-) -> Path:
-    """The config file to use: ``explicit`` (--config), else STRONGROOM_CONFIG, else
-    ./strongroom.toml, else /etc/strongroom/strongroom.toml.
-
-    Raises ConfigNotFound when a file asked for does not exist, or none is found.
-    """
-    for given, origin in (
-        (explicit, "--config"),
-        (env.get("STRONGROOM_CONFIG"), "STRONGROOM_CONFIG"),
-    ):
-        if given:
-            if not Path(given).is_file():
-                raise ConfigNotFound(
-                    [ConfigIssue(given, None, "", f"no such file (given by {origin})")]
-                )
-            return Path(given)
-    local = LOCAL_CONFIG if cwd is None else cwd / LOCAL_CONFIG
-    for candidate in (local, system):
-        if candidate.is_file():
-            return candidate
-    message = (
-        f"no configuration file: looked for --config, STRONGROOM_CONFIG, ./{LOCAL_CONFIG} "
-        f"and {system}"
-    )
-    raise ConfigNotFound([ConfigIssue("", None, "", message)])
 
 
 def load_config(path: Path | str) -> Config:

@@ -108,6 +108,37 @@ class ChunkIndex:
         if not found:
             self._count += 1
 
+    def add_blobs(self, pack_id: str, blobs: list[RawBlob]) -> None:
+        """``add`` for a pack's validated index tuples at once (loading an index):
+        an existing entry is kept."""
+        if (self._count + len(blobs)) > self._nslots * MAX_LOAD:
+            while (self._count + len(blobs)) > self._nslots * MAX_LOAD:
+                self._grow()
+        pack_no = self.pack_number(pack_id)
+        buf, n, size, pack_into = self._buf, self._nslots, SLOT.size, SLOT.pack_into
+        added = 0
+        for btype, bid, offset, length, raw_length, flags in blobs:
+            key = bid[:16]
+            if key == EMPTY:
+                continue
+            slot = int.from_bytes(key[:8], "little") % n
+            while True:
+                pos = slot * size
+                stored = buf[pos : pos + 16]
+                if stored == key:
+                    break
+                if stored == EMPTY:
+                    pack_into(
+                        buf, pos, key, pack_no, offset, length,
+                        raw_length | (btype << 24) | (flags << 28),
+                    )  # fmt: skip
+                    added += 1
+                    break
+                slot += 1
+                if slot == n:
+                    slot = 0
+        self._count += added
+
     def get(self, bid: bytes) -> BlobLocation | None:
         slot, found = self._probe(bid[:16])
         if not found:
@@ -187,7 +218,11 @@ def encode_index(packs: dict[str, list[PackEntry]]) -> bytes:
     return _encoder.encode(doc)
 
 
-def decode_index(data: bytes, what: str) -> Iterator[tuple[str, PackEntry]]:
+RawBlob = tuple[int, bytes, int, int, int, int]  # type, id, offset, length, raw, flags
+
+
+def decode_index_packs(data: bytes, what: str) -> list[tuple[str, list[RawBlob]]]:
+    """Each pack an index file describes, with its blobs as validated tuples."""
     doc = decode(_decoder, data, what, "index")
     if doc.version != 1:
         raise IntegrityError(f"{what}: unknown index version {doc.version}")
@@ -204,4 +239,10 @@ def decode_index(data: bytes, what: str) -> Iterator[tuple[str, PackEntry]]:
                 or not 0 <= flags < 16
             ):
                 raise IntegrityError(f"{what}: malformed or out-of-range blob entry")
-            yield pack.id, PackEntry(btype, bid, offset, length, raw_length, flags)
+    return [(pack.id, pack.blobs) for pack in doc.packs]
+
+
+def decode_index(data: bytes, what: str) -> Iterator[tuple[str, PackEntry]]:
+    for pack_id, blobs in decode_index_packs(data, what):
+        for blob in blobs:
+            yield pack_id, PackEntry(*blob)

@@ -30,7 +30,13 @@ from strongroom.repository import crypto, gc
 from strongroom.repository.chunker import Chunker, ChunkerParams
 from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey, PackCipher
-from strongroom.repository.index import BlobLocation, ChunkIndex, decode_index, encode_index
+from strongroom.repository.index import (
+    BlobLocation,
+    ChunkIndex,
+    RawBlob,
+    decode_index_packs,
+    encode_index,
+)
 from strongroom.repository.keys import KdfParams, KeyFile, make_key_file, open_key_file
 from strongroom.repository.pack import (
     DATA_OFFSET,
@@ -272,10 +278,10 @@ class Repository:
         index = ChunkIndex(expected)
         names: list[str] = []
         missing: set[str] = set()
-        marked: list[tuple[str, PackEntry]] = []
+        marked: list[tuple[str, list[RawBlob]]] = []
         for info in infos:
             try:
-                entries = self.read_index_file(info.name)
+                described = self._read_index_packs(info.name)
             except ObjectNotFound as e:
                 if retry:
                     return False
@@ -284,16 +290,16 @@ class Repository:
             except IntegrityError as e:
                 errors.append(str(e))
                 continue
-            for pack_id, entry in entries:
+            for pack_id, blobs in described:
                 if pack_id not in packs:
                     missing.add(pack_id)
                 elif pack_id in condemned:
-                    marked.append((pack_id, entry))
+                    marked.append((pack_id, blobs))
                 else:
-                    index.add(pack_id, entry)
+                    index.add_blobs(pack_id, blobs)
             names.append(info.name)
-        for pack_id, entry in marked:
-            index.add(pack_id, entry)
+        for pack_id, blobs in marked:
+            index.add_blobs(pack_id, blobs)
         with self._index_lock:
             self.index = index
             self.index_errors = errors
@@ -308,12 +314,19 @@ class Repository:
 
     def read_index_file(self, name: str) -> list[tuple[str, PackEntry]]:
         """One index file's entries, authenticated; IntegrityError or ObjectNotFound."""
+        return [
+            (pack_id, PackEntry(*blob))
+            for pack_id, blobs in self._read_index_packs(name)
+            for blob in blobs
+        ]
+
+    def _read_index_packs(self, name: str) -> list[tuple[str, list[RawBlob]]]:
         short = name.rsplit("/", 1)[-1]
         what = f"index {short[:8]}"
         raw = self.backend.load(name)
         if crypto.storage_id(raw) != short:
             raise IntegrityError(f"{what}: contents do not match its name")
-        return list(decode_index(crypto.unseal(self.master, b"index", raw, what), what))
+        return decode_index_packs(crypto.unseal(self.master, b"index", raw, what), what)
 
     def refresh_index(self) -> None:
         """Add the index files written since ``load_index`` (other writers', or a

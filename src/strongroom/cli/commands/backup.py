@@ -14,7 +14,7 @@ import click
 from strongroom import __version__
 from strongroom.cli.context import App, default_client, pass_app
 from strongroom.cli.progress import BackupProgressLine
-from strongroom.engine.archiver import Archiver, BackupRequest
+from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.streams import CommandStream, stream_path
@@ -77,7 +77,20 @@ def backup_command(
     for path in paths:
         if not os.path.lexists(path):
             raise UsageError(f"cannot back up {path}: no such file or directory")
-    with app.open_repository(purpose=f"backup of {client}") as repo:
+    request = BackupRequest(
+        paths=paths,
+        client=client,
+        job=job,
+        tags=tags,
+        excludes=excludes,
+        time_ns=parse_time(time_) if time_ else None,
+        hostname=socket.gethostname(),
+        username=getpass.getuser(),
+        program_version=f"strongroom {__version__}",
+        streams=streams,
+    )
+    # List the directories while the key is derived and the index loaded.
+    with start_scan(request) as scanner, app.open_repository(purpose=f"backup of {client}") as repo:
         key = hashlib.sha256(
             b"\0".join(sorted(os.fsencode(os.path.abspath(p)) for p in paths))
             + b"".join(b"\0" + stream_path(s.name) for s in streams)
@@ -90,21 +103,9 @@ def backup_command(
             cache,
             progress,
             before_commit=app.lock.ensure_valid if app.lock else None,
+            scanner=scanner,
         )
-        result = archiver.backup(
-            BackupRequest(
-                paths=paths,
-                client=client,
-                job=job,
-                tags=tags,
-                excludes=excludes,
-                time_ns=parse_time(time_) if time_ else None,
-                hostname=socket.gethostname(),
-                username=getpass.getuser(),
-                program_version=f"strongroom {__version__}",
-                streams=streams,
-            )
-        )
+        result = archiver.backup(request)
         progress.close()
     snap = result.snapshot
     s = snap.summary

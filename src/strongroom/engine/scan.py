@@ -1,0 +1,165 @@
+"""Listing directories ahead of the walk that asks for them.
+
+A few threads list and lstat a tree in the order a depth-first walk visits it, while
+the walk (and, before it starts, the repository's key derivation and index load) goes
+on, so cold metadata reads overlap each other and the CPU work. At most ``ahead``
+listings wait to be taken; a directory the walk asks for before the threads reached it
+is listed by the walk itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from strongroom.engine.fsmeta import open_path, read_xattrs
+
+SCAN_THREADS = 3
+MAX_AHEAD = 512
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class Listing:
+    """One directory as it was seen: entries in name order with their lstat (and a
+    symlink's target), and problems to report (path, message)."""
+
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    entries: list[tuple[bytes, os.stat_result, bytes | None]] = field(default_factory=list)
+    problems: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def subdirectories(self, path: bytes) -> list[bytes]:
+        base = path.rstrip(b"/") + b"/"
+        return [base + name for name, st, _ in self.entries if stat.S_ISDIR(st.st_mode)]
+
+
+def is_excluded(path: bytes, name: bytes, patterns: Sequence[bytes]) -> bool:
+    """Whether an exclude pattern matches: on the whole path when it has a ``/``,
+    else on the name."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(path if b"/" in pattern else name, pattern):
+            return True
+    return False
+
+
+def scan_directory(path: bytes, excludes: Sequence[bytes]) -> Listing:
+    """List one directory: its entries that are not excluded, with their lstat."""
+    listing = Listing()
+    try:
+        fd = open_path(path, DIR_FLAGS)
+    except OSError as e:
+        listing.problems.append((path, f"cannot open directory: {e.strerror}"))
+        return listing
+    try:
+        listing.xattrs = read_xattrs(fd)
+        with os.scandir(fd) as it:
+            names = sorted(os.fsencode(entry.name) for entry in it)
+        base = path.rstrip(b"/") + b"/"
+        for name in names:
+            if excludes and is_excluded(base + name, name, excludes):
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    listing.problems.append((base + name, f"cannot stat: {e.strerror}"))
+                continue
+            target = None
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError as e:
+                    listing.problems.append((base + name, f"cannot read link: {e.strerror}"))
+                    continue
+            listing.entries.append((name, st, target))
+    except OSError as e:
+        listing.problems.append((path, f"cannot read directory: {e.strerror}"))
+    finally:
+        os.close(fd)
+    return listing
+
+
+class TreeScanner:
+    """Lists the directories below ``roots`` depth first, ahead of the walk."""
+
+    def __init__(
+        self,
+        roots: Sequence[bytes],
+        excludes: Sequence[bytes] = (),
+        threads: int = SCAN_THREADS,
+        ahead: int = MAX_AHEAD,
+    ) -> None:
+        self.roots = list(roots)
+        self.excludes = list(excludes)
+        self._ahead = ahead
+        self._cond = threading.Condition()
+        self._todo = list(reversed(self.roots))  # a stack: depth-first order
+        self._ready: dict[bytes, Listing] = {}
+        self._busy: set[bytes] = set()
+        self._taken: set[bytes] = set()  # listed by the walk itself
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"strongroom-scan-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _next(self) -> bytes | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._todo and len(self._ready) + len(self._busy) < self._ahead:
+                    path = self._todo.pop()
+                    if path in self._taken:
+                        self._taken.discard(path)
+                        continue
+                    self._busy.add(path)
+                    return path
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while (path := self._next()) is not None:
+            listing = scan_directory(path, self.excludes)
+            with self._cond:
+                self._busy.discard(path)
+                if not self._closed:
+                    self._ready[path] = listing
+                    self._todo.extend(reversed(listing.subdirectories(path)))
+                self._cond.notify_all()
+
+    def listing(self, path: bytes) -> Listing:
+        """The listing of ``path`` (a root or a directory in an earlier listing)."""
+        with self._cond:
+            while path not in self._ready and path in self._busy:
+                self._cond.wait()
+            listing = self._ready.pop(path, None)
+            if listing is not None:
+                self._cond.notify_all()
+                return listing
+            self._taken.add(path)
+        listing = scan_directory(path, self.excludes)
+        with self._cond:
+            self._todo.extend(reversed(listing.subdirectories(path)))
+            self._cond.notify_all()
+        return listing
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._ready.clear()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def __enter__(self) -> TreeScanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
