@@ -2,28 +2,38 @@
 
 Safety rules: every name is checked (no ``/``, ``..``, NUL or empty names); every
 directory is opened with O_NOFOLLOW relative to its parent's descriptor, so nothing
-is ever written outside the target through a symlink; files are written under a
-temporary name and renamed into place only once all their data has been verified.
+is ever written outside the target through a symlink; a file appears under its real
+name only once all its data has been authenticated: a file held by one blob is created
+after that blob was decrypted and checked, a larger one is written under a temporary
+name and renamed into place when its last blob is in.
+
+Speed: the walk plans the files of a window (directories are made as it goes), then
+workers read each pack the window needs once, front to back, and write every file its
+blobs belong to. A source without packs (a director, over the agent) is read file by
+file instead.
 """
 
 from __future__ import annotations
 
 import errno
 import fnmatch
+import itertools
 import os
-import secrets
 import stat
 import threading
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from strongroom.backend import ObjectNotFound
 from strongroom.engine.walk import load_tree
-from strongroom.errors import IntegrityError, StorageError, UsageError
+from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
 from strongroom.repository import DATA, Node, Repository, Snapshot
 from strongroom.repository.crypto import blob_id
+from strongroom.repository.index import BlobLocation
+from strongroom.repository.pack import PackEntry, open_blob, pack_name
 from strongroom.repository.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -36,8 +46,16 @@ from strongroom.repository.tree import (
 )
 
 TEMP_PREFIX = b".strongroom-tmp-"
-MAX_FILES_IN_FLIGHT = 64
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files planned before their data is fetched: bounds the memory a huge restore takes.
+WINDOW_FILES = 16384
+# Needed blobs of a pack are read together, in pieces of about this size, reading
+# through gaps of unneeded data no longer than READ_GAP.
+READ_SIZE = 4 << 20
+READ_GAP = 256 << 10
+# Directory descriptors each worker keeps open.
+DIR_CACHE = 64
 
 
 class RestoreProgress(Protocol):
@@ -100,6 +118,8 @@ class BlobSource(Protocol):
 
 
 class RepositorySource:
+    """A repository as a BlobSource, which can also read a pack's blobs in one go."""
+
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.id_key = repo.master.id_key
@@ -114,13 +134,115 @@ class RepositorySource:
         loc = self.repo.lookup(bid)
         return None if loc is None else loc.raw_length
 
+    def locate(self, bid: bytes) -> BlobLocation | None:
+        return self.repo.lookup(bid)
+
+    def pack_blobs(
+        self, pack_id: str, entries: list[PackEntry]
+    ) -> Iterator[tuple[PackEntry, bytes | StrongroomError]]:
+        """Each entry's plaintext (authenticated, checked against its id), or the
+        error that says why not; ``entries`` sorted by offset. Neighbouring blobs are
+        read together, in pieces of about READ_SIZE."""
+        repo = self.repo
+        name = pack_name(pack_id)
+        try:
+            cipher = repo.pack_cipher(pack_id)
+        except ObjectNotFound as e:
+            missing = IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
+            for entry in entries:
+                yield entry, missing
+            return
+        except (IntegrityError, StorageError) as e:
+            for entry in entries:
+                yield entry, e
+            return
+        for group in _read_groups(entries):
+            start = group[0].offset
+            try:
+                data = memoryview(
+                    repo.backend.load(name, start, group[-1].offset + group[-1].length - start)
+                )
+            except ObjectNotFound as e:
+                failed: StrongroomError = IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
+            except (IntegrityError, StorageError) as e:
+                failed = e
+            else:
+                for entry in group:
+                    what = f"blob {entry.id.hex()[:16]}"
+                    at = entry.offset - start
+                    try:
+                        ciphertext = data[at : at + entry.length]
+                        yield entry, open_blob(repo.master, cipher, entry, ciphertext, what)
+                    except IntegrityError as e:
+                        yield entry, e
+                continue
+            for entry in group:
+                yield entry, failed
+
+
+def _read_groups(entries: list[PackEntry]) -> list[list[PackEntry]]:
+    """Entries (by offset) in runs to read at once: up to READ_SIZE, skipping no more
+    than READ_GAP of unneeded bytes between two of them."""
+    groups: list[list[PackEntry]] = []
+    start = end = 0
+    for entry in entries:
+        if (
+            not groups
+            or entry.offset + entry.length - start > READ_SIZE
+            or entry.offset - end > READ_GAP
+        ):
+            groups.append([])
+            start = entry.offset
+        groups[-1].append(entry)
+        end = entry.offset + entry.length
+    return groups
+
+
+class _File:
+    """A file to restore: where its blobs go, and how many are still to come."""
+
+    __slots__ = (
+        "direct",
+        "failed",
+        "fd",
+        "left",
+        "lock",
+        "node",
+        "parts",
+        "size",
+        "temp",
+        "written",
+    )  # fmt: skip
+
+    def __init__(self, parts: tuple[bytes, ...], node: Node, blobs: int, size: int) -> None:
+        self.parts, self.node, self.size = parts, node, size
+        # Writes still to come (a file without data gets one, with no bytes).
+        self.left = max(blobs, 1)
+        # One blob, authenticated before the file is created: no temporary name needed.
+        self.direct = blobs <= 1
+        self.fd: int | None = None
+        self.temp: bytes | None = None  # written under this name, renamed at the end
+        self.failed = False
+        self.written = 0
+        self.lock = threading.Lock()
+
+
+@dataclass
+class _Window:
+    """Files planned together: per pack, each blob's location and where it goes."""
+
+    files: list[_File] = field(default_factory=list)
+    packs: dict[str, dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]]] = field(
+        default_factory=dict
+    )
+
 
 class Restorer:
     def __init__(
         self,
         repo: Repository | None,
         progress: RestoreProgress | None = None,
-        workers: int = 4,
+        workers: int | None = None,
         source: BlobSource | None = None,
     ) -> None:
         if source is None:
@@ -129,12 +251,13 @@ class Restorer:
             source = RepositorySource(repo)
         self.source = source
         self.progress = progress or _NoProgress()
-        self.workers = workers
+        self.workers = workers or (os.cpu_count() or 2)
         self._lock = threading.Lock()
         self._result = RestoreResult()
         self._owner = os.geteuid() == 0
-        # Each worker thread's open parent directory (thread id -> (parts, fd)).
-        self._parents: dict[int, tuple[tuple[bytes, ...], int]] = {}
+        self._temp_names = itertools.count()
+        # Each worker thread's open directories (thread id -> parts -> fd).
+        self._dir_fds: dict[int, OrderedDict[tuple[bytes, ...], int]] = {}
 
     def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:
         return self.restore_tree(snapshot.tree, request)
@@ -144,6 +267,8 @@ class Restorer:
             self._owner = request.restore_owner
         self._includes = [os.fsencode(p) for p in request.includes]
         self._excludes = [os.fsencode(p) for p in request.excludes]
+        # Files are created with their mode where the umask allows it (no chmod then).
+        self._umask = _current_umask()
         try:
             os.makedirs(request.target, exist_ok=True)
             root_fd = os.open(request.target, DIR_FLAGS)
@@ -153,18 +278,19 @@ class Restorer:
         self._hardlinks: dict[tuple[int, int], tuple[bytes, ...]] = {}
         self._deferred_links: list[tuple[tuple[bytes, ...], Node, tuple[bytes, ...]]] = []
         self._dirs: list[tuple[tuple[bytes, ...], Node]] = []
+        # Restored files, kept for --verify only (a node per file adds up).
+        self._verify_files = request.verify
         self._files: list[tuple[tuple[bytes, ...], Node]] = []
+        self._window = _Window()
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-restore") as pool:
                 self._pool = pool
-                self._futures: deque[Future[None]] = deque()
                 try:
                     self._restore_tree(root_fd, (), tree_id)
-                    while self._futures:
-                        self._futures.popleft().result()
+                    self._run_window()
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
-                    self._close_thread_fds()
+                    self._close_dir_fds()
             for parts, node, first in self._deferred_links:
                 self._link(root_fd, parts, node, first)
             # Directory times last, deepest first, so writing children cannot change them.
@@ -272,10 +398,7 @@ class Restorer:
                     self._deferred_links.append((parts, node, first))
                     return
                 self._hardlinks[key] = parts
-            # Bound the files queued ahead of the workers, and so the memory they hold.
-            while len(self._futures) >= MAX_FILES_IN_FLIGHT:
-                self._futures.popleft().result()
-            self._futures.append(self._pool.submit(self._restore_file, parts, node))
+            self._plan_file(parts, node)
             return
         try:
             self._remove_existing(dir_fd, name)
@@ -303,79 +426,196 @@ class Restorer:
             raise OSError(errno.EISDIR, "a directory is in the way")
         os.unlink(name, dir_fd=dir_fd)
 
-    # --- files ----------------------------------------------------------------------
+    # --- planning -------------------------------------------------------------------
 
-    def _restore_file(self, parts: tuple[bytes, ...], node: Node) -> None:
-        name = parts[-1]
-        try:
-            dir_fd = self._parent_fd(parts[:-1])
-        except OSError as e:
-            self._warn(parts, f"cannot open parent directory: {e.strerror}")
+    def _plan_file(self, parts: tuple[bytes, ...], node: Node) -> None:
+        """Note where each of the file's blobs is; fetch a window's worth at a time."""
+        window = self._window
+        blobs = [item for item in node.content if not isinstance(item, int)]
+        if not isinstance(self.source, RepositorySource):
+            window.files.append(_File(parts, node, len(blobs), 0))  # sizes come with data
+        else:
+            targets: list[tuple[bytes, BlobLocation, int]] = []
+            offset = 0
+            for item in node.content:
+                if isinstance(item, int):
+                    offset += item  # a hole: left unwritten, so it stays a hole
+                    continue
+                loc = self.source.locate(item)
+                if loc is None or loc.type != DATA:
+                    self._error(parts, f"not restored: blob {item.hex()[:16]} is not in the index")
+                    return
+                targets.append((item, loc, offset))
+                offset += loc.raw_length
+            file = _File(parts, node, len(targets), offset)
+            window.files.append(file)
+            for bid, loc, at in targets:
+                wanted = window.packs.setdefault(loc.pack_id, {})
+                if bid in wanted:
+                    wanted[bid][1].append((file, at))
+                else:
+                    wanted[bid] = (loc.entry(bid), [(file, at)])
+        if len(window.files) >= WINDOW_FILES:
+            self._run_window()
+
+    def _run_window(self) -> None:
+        window, self._window = self._window, _Window()
+        if not window.files:
             return
-        tmp = TEMP_PREFIX + secrets.token_hex(6).encode()
-        try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
+        futures: list[Future[None]] = []
+        if isinstance(self.source, RepositorySource):
+            for pack_id, wanted in window.packs.items():
+                futures.append(self._pool.submit(self._fetch_pack, self.source, pack_id, wanted))
+            empty = [f for f in window.files if not _has_data(f.node)]
+            if empty:
+                futures.append(self._pool.submit(self._write_empty, empty))
+        else:
+            futures = [self._pool.submit(self._fetch_file, file) for file in window.files]
+        for future in futures:
+            future.result()
+
+    # --- fetching -------------------------------------------------------------------
+
+    def _fetch_pack(
+        self,
+        source: RepositorySource,
+        pack_id: str,
+        wanted: dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]],
+    ) -> None:
+        entries = sorted((entry for entry, _ in wanted.values()), key=lambda e: e.offset)
+        for entry, data in source.pack_blobs(pack_id, entries):
+            for file, at in wanted[entry.id][1]:
+                self._put(file, at, data)
+
+    def _write_empty(self, files: list[_File]) -> None:
+        for file in files:
+            self._put(file, 0, None)
+
+    def _fetch_file(self, file: _File) -> None:
+        """A source without packs: the file's blobs one by one, in order, then the
+        size (holes at the end included) and the finishing write."""
+        at = 0
+        if _has_data(file.node):
+            file.left += 1  # the finishing write, once the size is known
+        for item in file.node.content:
+            if isinstance(item, int):
+                at += item
+                continue
             try:
-                written = self._write_content(fd, node)
-                self._set_metadata(parts, node, fd=fd)
-            finally:
-                os.close(fd)
+                data: bytes | StrongroomError = self.source.blob(item)
+            except (IntegrityError, StorageError) as e:
+                data = e
+            self._put(file, at, data)
+            if file.failed:
+                return
+            assert isinstance(data, bytes)
+            at += len(data)
+        file.size = at
+        self._put(file, at, None)
+
+    # --- writing --------------------------------------------------------------------
+
+    def _put(self, file: _File, at: int, data: bytes | StrongroomError | None) -> None:
+        """One write into ``file`` (a blob's data at ``at``, or None: no data); the
+        last finishes it. An error drops the file: it never appears under its name."""
+        with file.lock:
+            if file.failed:
+                return
+            if isinstance(data, StrongroomError):
+                self._drop(file, f"not restored: {data}")
+                return
+            try:
+                if file.fd is None:
+                    self._create(file)
+                assert file.fd is not None
+                if data is not None:
+                    view = memoryview(data)
+                    pos = at
+                    while view:
+                        n = os.pwrite(file.fd, view, pos)
+                        view = view[n:]
+                        pos += n
+                    file.written += len(data)
+                file.left -= 1
+                if file.left == 0:
+                    self._complete(file)
+            except OSError as e:
+                self._drop(file, f"cannot write: {e.strerror}", warning=True)
+
+    def _create(self, file: _File) -> None:
+        """Open the file for writing: under its own name when one blob (already
+        authenticated) fills it and nothing is there yet, else under a temporary name."""
+        dir_fd = self._dir_fd(file.parts[:-1])
+        mode = file.node.mode & 0o777
+        if file.direct:
+            try:
+                file.fd = os.open(file.parts[-1], NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+                return
+            except FileExistsError:
+                pass  # replaced by rename, which never follows or replaces a directory
+        temp = TEMP_PREFIX + b"%d-%d" % (os.getpid(), next(self._temp_names))
+        file.fd = os.open(temp, NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        file.temp = temp
+
+    def _complete(self, file: _File) -> None:
+        fd = file.fd
+        assert fd is not None
+        try:
+            if file.size > file.written:
+                os.ftruncate(fd, file.size)  # holes at the end
+            self._set_metadata(file.parts, file.node, fd=fd, created_mode=file.temp is None)
+        finally:
+            os.close(fd)
+            file.fd = None
+        if file.temp is not None:
+            dir_fd = self._dir_fd(file.parts[:-1])
             # rename() refuses to replace a directory (EISDIR) and replaces a symlink
             # itself, never what it points to.
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except (IntegrityError, StorageError) as e:
-            _unlink_quietly(dir_fd, tmp)
-            self._error(parts, f"not restored: {e}")
-            return
-        except OSError as e:
-            _unlink_quietly(dir_fd, tmp)
-            self._warn(parts, f"cannot write: {e.strerror}")
-            return
+            os.rename(file.temp, file.parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            file.temp = None
         with self._lock:
             self._result.files += 1
-            self._result.bytes += written
-            self._files.append((parts, node))
-        self.progress.file_done(b"/" + b"/".join(parts), written)
+            self._result.bytes += file.written
+            if self._verify_files:
+                self._files.append((file.parts, file.node))
+        self.progress.file_done(b"/" + b"/".join(file.parts), file.written)
 
-    def _parent_fd(self, parts: tuple[bytes, ...]) -> int:
-        """This thread's descriptor for a directory; files come in directory order."""
+    def _drop(self, file: _File, message: str, *, warning: bool = False) -> None:
+        file.failed = True
+        if file.fd is not None:
+            os.close(file.fd)
+            file.fd = None
+            name = file.temp if file.temp is not None else file.parts[-1]
+            try:
+                _unlink_quietly(self._dir_fd(file.parts[:-1]), name)
+            except OSError:
+                pass
+        if warning:
+            self._warn(file.parts, message)
+        else:
+            self._error(file.parts, message)
+
+    def _dir_fd(self, parts: tuple[bytes, ...]) -> int:
+        """This thread's descriptor for a directory of the target (a few kept open)."""
         me = threading.get_ident()
-        cached = self._parents.get(me)
-        if cached is not None:
-            if cached[0] == parts:
-                return cached[1]
-            os.close(cached[1])
-            del self._parents[me]
+        cache = self._dir_fds.get(me)
+        if cache is None:
+            cache = self._dir_fds[me] = OrderedDict()
+        fd = cache.get(parts)
+        if fd is not None:
+            cache.move_to_end(parts)
+            return fd
         fd = open_dir_chain(self._root_fd, parts)
-        self._parents[me] = (parts, fd)
+        cache[parts] = fd
+        if len(cache) > DIR_CACHE:
+            os.close(cache.popitem(last=False)[1])
         return fd
 
-    def _close_thread_fds(self) -> None:
-        for _, fd in self._parents.values():
-            os.close(fd)
-        self._parents.clear()
-
-    def _write_content(self, fd: int, node: Node) -> int:
-        pos = 0
-        written = 0
-        for item in node.content:
-            if isinstance(item, int):
-                pos += item  # a hole: seek over it, so it stays a hole
-                continue
-            data = self.source.blob(item)
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, pos)
-                view = view[n:]
-                pos += n
-            written += len(data)
-        os.ftruncate(fd, pos)
-        return written
+    def _close_dir_fds(self) -> None:
+        for cache in self._dir_fds.values():
+            for fd in cache.values():
+                os.close(fd)
+        self._dir_fds.clear()
 
     def _link(
         self, root_fd: int, parts: tuple[bytes, ...], node: Node, first: tuple[bytes, ...]
@@ -400,13 +640,22 @@ class Restorer:
         except FileNotFoundError:
             # The first link was not restored (damaged data): try this name on its own.
             self._hardlinks.pop((node.device, node.inode), None)
-            self._restore_file(parts, node)
+            self._restore_alone(parts, node)
             return
         except OSError as e:
             self._warn(parts, f"cannot create hard link: {e.strerror}")
             return
         with self._lock:
             self._result.files += 1
+
+    def _restore_alone(self, parts: tuple[bytes, ...], node: Node) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            self._pool = pool
+            try:
+                self._plan_file(parts, node)
+                self._run_window()
+            finally:
+                self._close_dir_fds()
 
     # --- metadata -------------------------------------------------------------------
 
@@ -418,11 +667,13 @@ class Restorer:
         fd: int | None = None,
         dir_fd: int | None = None,
         name: bytes | None = None,
+        created_mode: bool = False,
     ) -> None:
         """Owner, xattrs, mode and times, through ``fd`` or ``name`` in ``dir_fd``.
 
         Each step is tried on its own: a refused xattr must not cost the mode and times.
         Hostile values (a negative uid, an absurd mode) give warnings, never a crash.
+        ``created_mode``: the file was created with its permission bits (less the umask).
         """
         assert fd is not None or name is not None
 
@@ -454,7 +705,14 @@ class Restorer:
             steps.append(("owner", owner))
         if fd is not None:
             steps += [(f"xattr {k!r}", xattr(k, v)) for k, v in node.xattrs]
-        if node.type != SYMLINK:  # Linux has no mode for symlinks
+        # Linux has no mode for symlinks. A file created with its mode needs no chmod
+        # unless the umask took bits away, or it has setuid/setgid/sticky bits (which a
+        # chown clears, and open never sets).
+        if node.type != SYMLINK and not (
+            created_mode
+            and node.mode == node.mode & 0o777 & ~self._umask
+            and not (self._owner and node.mode & 0o6000)
+        ):
             steps.append(("mode", mode))
         steps.append(("times", times))
         for what, step in steps:
@@ -514,6 +772,10 @@ class Restorer:
         return os.fstat(fd).st_size == pos
 
 
+def _has_data(node: Node) -> bool:
+    return any(not isinstance(item, int) for item in node.content)
+
+
 def _reads_as_zeros(fd: int, pos: int, length: int) -> bool:
     """Whether ``length`` bytes from ``pos`` read as zeros; holes are skipped unread."""
     end = pos + length
@@ -530,6 +792,18 @@ def _reads_as_zeros(fd: int, pos: int, length: int) -> bool:
             return False
         pos += step
     return True
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it (other threads create files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: assume the worst, so modes are always set explicitly
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

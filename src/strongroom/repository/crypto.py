@@ -90,7 +90,7 @@ class PackCipher:
         self._counter += 1
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
-    def decrypt(self, aad: bytes, data: bytes, what: str) -> bytes:
+    def decrypt(self, aad: bytes, data: bytes | memoryview, what: str) -> bytes:
         if len(data) < BLOB_OVERHEAD:
             raise IntegrityError(f"{what}: truncated")
         try:

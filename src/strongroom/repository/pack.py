@@ -186,7 +186,7 @@ def read_header(key: MasterKey, data: bytes, what: str) -> list[PackEntry]:
 
 
 def open_blob(
-    key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes, what: str
+    key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes | memoryview, what: str
 ) -> bytes:
     """Decrypt, decompress and verify one blob against its keyed id."""
     plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
