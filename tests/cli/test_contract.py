@@ -75,6 +75,14 @@ def test_help_exit_codes_lists_the_spec_table() -> None:
     assert "wrong password" in r.stdout and "interrupted" in r.stdout
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["preflight", "--help"]])
+def test_help_ends_with_every_exit_code(argv: list[str]) -> None:
+    r = cli(*argv)
+    assert r.code == 0
+    epilog = " ".join(r.stdout.split("Exit status:")[1].split())
+    assert {int(n) for n in re.findall(r"\b(\d+) [a-z]", epilog)} == SPEC_CODES, epilog
+
+
 @pytest.mark.parametrize(
     "argv", [["--json", "help", "exit-codes"], ["help", "exit-codes", "--json"]]
 )

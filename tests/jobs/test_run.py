@@ -77,6 +77,29 @@ def test_run_all_backs_up_every_client_and_records_the_night(fleet: Path) -> Non
     )
 
 
+def test_run_and_the_text_report_say_what_was_read_and_stored_in_units(fleet: Path) -> None:
+    r = cli("run", "alpha", "beta")
+    assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("alpha/default: succeeded, exit 0, snapshot "), lines
+    assert ": 2 new, 0 changed, 0 unchanged files; 2.5 KiB read, " in lines[0], lines[0]
+    assert lines[0].endswith("s") and " stored, in " in lines[0]
+
+    r = cli("report")
+    assert r.code == 0
+    total, header, *rows = r.stdout.splitlines()
+    assert "2 (2 ok, 0 with warnings, 0 failed) on 2 client(s); 4.9 KiB read, " in total
+    assert header.split() == [
+        "started", "(UTC)", "client", "job", "status", "exit", "duration",
+        "files", "read", "new", "snapshot", "message",
+    ]  # fmt: skip
+    assert [row.split()[1:5] for row in rows] == [
+        ["alpha", "default", "succeeded", "0"],
+        ["beta", "default", "succeeded", "0"],
+    ]
+    assert all(row.split()[6:9:2] == ["2", "KiB"] for row in rows), rows
+
+
 def test_run_a_group_runs_only_its_members(fleet: Path) -> None:
     r = cli("run", "--group", "night", "--json")
     assert r.code == 0, r.stderr

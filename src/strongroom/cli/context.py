@@ -266,6 +266,16 @@ class App:
         return repo.load_snapshot(matches[0])
 
 
+def format_size(n: int) -> str:
+    """Bytes for a human: "512 B", "1.5 KiB", "110.5 MiB"."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
 def default_client() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 

@@ -54,7 +54,8 @@ FLAG_OPTIONS = {"--json", "-q", "--quiet", "-v", "--verbose", "--no-progress"}
 
 EXIT_STATUS_EPILOG = (
     "Exit status: 0 success, 1 fatal, 2 usage, 3 warnings, 10 repository, 11 locked, "
-    "12 password, 13 integrity, 20 client unreachable, 130 interrupted. "
+    "12 password, 13 integrity, 20 client unreachable, 21 prerequisite not met, "
+    "22 hook failed, 130 interrupted. "
     "See `strongroom help exit-codes`."
 )
 

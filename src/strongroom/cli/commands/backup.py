@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from strongroom import __version__
-from strongroom.cli.context import App, default_client, pass_app
+from strongroom.cli.context import App, default_client, format_size, pass_app
 from strongroom.cli.progress import BackupProgressLine
 from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
 from strongroom.engine.files_cache import FilesCache
@@ -138,8 +138,8 @@ def backup_command(
         app.result(
             f"snapshot {snap.id[:8]} saved for {client}: "
             f"{s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unchanged files; "
-            f"{_size(s.bytes_read)} read, {_size(s.bytes_new)} new, "
-            f"{_size(s.bytes_stored)} stored, in {s.duration_s:.1f}s"
+            f"{format_size(s.bytes_read)} read, {format_size(s.bytes_new)} new, "
+            f"{format_size(s.bytes_stored)} stored, in {s.duration_s:.1f}s"
         )
         if result.warnings:
             app.result(
@@ -161,12 +161,3 @@ def _stream(name: str | None, command: str | None) -> list[CommandStream]:
     if not argv:
         raise UsageError("--stdin-from: the command is empty")
     return [CommandStream(name, argv)]
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"

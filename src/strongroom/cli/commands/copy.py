@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from strongroom.backend import open_backend
-from strongroom.cli.context import App, pass_app
+from strongroom.cli.context import App, format_size, pass_app
 from strongroom.config.repositories import read_password_file, run_password_command
 from strongroom.engine.copier import CopiedSnapshot, Copier, CopyResult
 from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, StrongroomError, WrongPasswordError
@@ -179,7 +179,7 @@ class _Progress:
         self.app.info(
             f"copied {s.id[:8]} ({s.client}/{s.job}, {s.time:%Y-%m-%d %H:%M}) -> "
             f"{copied.target_id[:8]}: {copied.blobs_new} new blobs, "
-            f"{_size(copied.bytes_stored)} stored"
+            f"{format_size(copied.bytes_stored)} stored"
         )
         self.app.json_line(
             "status",
@@ -225,7 +225,7 @@ def _summary(app: App, result: CopyResult, to: str, code: int, duration: float) 
     app.result(
         f"{len(result.copied)} snapshot(s) copied to {to}, {len(result.skipped)} already "
         f"there" + (f", {len(result.failed)} FAILED" if result.failed else "") + "; "
-        f"{result.blobs_uploaded} blobs ({_size(result.bytes_uploaded)}) uploaded, "
+        f"{result.blobs_uploaded} blobs ({format_size(result.bytes_uploaded)}) uploaded, "
         f"{result.blobs_deduplicated} already in the target; "
         f"{result.packs_verified} new pack(s) verified"
     )
@@ -290,12 +290,3 @@ def _notify(
         app.warn(f"copy.finished not recorded: {e}")
     finally:
         catalog.close()
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"

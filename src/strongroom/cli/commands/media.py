@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from strongroom.backend import ObjectNotFound, open_backend
-from strongroom.cli.context import App, pass_app
+from strongroom.cli.context import App, format_size, pass_app
 from strongroom.config.units import parse_duration, parse_size
 from strongroom.engine.volumes import (
     ExportPlan,
@@ -177,12 +177,12 @@ def export_command(
         return
     report(
         f"set {plan.set_id[:8]}: {len(plan.snapshots)} snapshot(s), {plan.objects} objects "
-        f"({_size(plan.total_bytes)}) in {len(written)} volume(s); expires "
+        f"({format_size(plan.total_bytes)}) in {len(written)} volume(s); expires "
         f"{expires_at:%Y-%m-%d}"
     )
     for w in written:
         where = outputs.paths.get(w.sequence) or "stdout"
-        report(f"  {w.label}  {w.sequence} of {len(written)}  {_size(w.size):>10}  {where}")
+        report(f"  {w.label}  {w.sequence} of {len(written)}  {format_size(w.size):>10}  {where}")
 
 
 def _choose(
@@ -399,7 +399,7 @@ class _Outputs:
 
     def done(self, written: WrittenVolume) -> None:
         self.app.info(f"volume {written.label} ({written.sequence} of {len(self.plan.volumes)}) "
-                      f"written: {_size(written.size)}")  # fmt: skip
+                      f"written: {format_size(written.size)}")  # fmt: skip
         self.app.json_line(
             "status", action="volume-written", label=written.label, sequence=written.sequence,
             bytes=written.size,
@@ -507,7 +507,7 @@ def import_command(app: App, volumes: tuple[str, ...]) -> int:
     app.result(
         f"set {result.set_id[:8]}: {len(result.volumes)} volume(s) read into "
         f"{'a new' if result.created else 'the'} repository {result.repository_id[:8]} at "
-        f"{url}; {result.objects_written} objects written ({_size(result.bytes_written)}), "
+        f"{url}; {result.objects_written} objects written ({format_size(result.bytes_written)}), "
         f"{result.objects_present} already there; {result.packs_verified} packs "
         f"({result.blobs_verified} blobs) verified; {len(result.snapshots_imported)} "
         f"snapshot(s) imported, {len(result.snapshots_present)} already there"
@@ -676,18 +676,9 @@ def _table(app: App, records: list[VolumeRecord]) -> None:
         expires = f"{v.expires_at:%Y-%m-%d}" if v.expires_at else "-"
         app.result(
             f"  {v.label:20} {v.status:9} {v.location:8} {(v.set_id or '-')[:8]:8} {seq:>6} "
-            f"expires {expires:10} {_size(v.size):>10}  {len(v.snapshots)} snapshot(s)"
+            f"expires {expires:10} {format_size(v.size):>10}  {len(v.snapshots)} snapshot(s)"
         )
 
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"

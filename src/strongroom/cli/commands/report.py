@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from strongroom.cli.context import App, pass_app
+from strongroom.cli.context import App, format_size, pass_app
 from strongroom.config import parse_duration
 
 COLUMNS = (
@@ -75,19 +75,8 @@ def report_command(app: App, since: str, fmt: str) -> None:
     elif fmt == "html":
         click.echo(_html(rows, totals, start, now))
     else:
-        click.echo(
-            f"runs since {start:%Y-%m-%d %H:%M} UTC: {totals['runs']} "
-            f"({totals['succeeded']} ok, {totals['warning']} with warnings, "
-            f"{totals['failed']} failed) on {totals['clients']} client(s); "
-            f"{totals['bytes_read']} bytes read, {totals['bytes_new']} new, "
-            f"{totals['bytes_stored']} stored"
-        )
-        for r in rows:
-            click.echo(
-                f"{r['started_at'][:16]}  {r['client']:16} {r['job']:10} {r['status']:9} "
-                f"exit {r['exit_code']!s:3} {r['duration_s']!s:>8}s {r['bytes_new']:>12} "
-                f"{r['message'] or ''}".rstrip()
-            )
+        for line in _text(rows, totals, start):
+            click.echo(line)
 
 
 def _row(run: Any) -> dict[str, Any]:
@@ -113,6 +102,33 @@ def _row(run: Any) -> dict[str, Any]:
         "snapshot_id": run.snapshot_id,
         "message": run.message,
     }
+
+
+def _text(rows: list[dict[str, Any]], totals: dict[str, int], start: datetime) -> list[str]:
+    """A totals line, then one line per run under a header naming the columns."""
+    lines = [
+        f"runs since {start:%Y-%m-%d %H:%M} UTC: {totals['runs']} "
+        f"({totals['succeeded']} ok, {totals['warning']} with warnings, "
+        f"{totals['failed']} failed) on {totals['clients']} client(s); "
+        f"{format_size(totals['bytes_read'])} read, {format_size(totals['bytes_new'])} new, "
+        f"{format_size(totals['bytes_stored'])} stored"
+    ]
+    if rows:
+        lines.append(
+            f"{'started (UTC)':16}  {'client':16} {'job':10} {'status':9} {'exit':4} "
+            f"{'duration':>9} {'files':>8} {'read':>10} {'new':>10}  snapshot  message"
+        )
+    for r in rows:
+        duration = "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s"
+        code = "-" if r["exit_code"] is None else str(r["exit_code"])
+        snapshot = (r["snapshot_id"] or "-")[:8]
+        lines.append(
+            f"{r['started_at'][:16]}  {r['client']:16} {r['job']:10} {r['status']:9} "
+            f"{code:4} {duration:>9} {r['files']:>8} "
+            f"{format_size(r['bytes_read']):>10} {format_size(r['bytes_new']):>10}  "
+            f"{snapshot:8}  {r['message'] or ''}".rstrip()
+        )
+    return lines
 
 
 def _html(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import click
 
 from strongroom.catalog import Catalog
-from strongroom.cli.context import App, pass_app
+from strongroom.cli.context import App, format_size, pass_app
 from strongroom.config import Config, parse_duration
 from strongroom.errors import UsageError
 from strongroom.jobs.notifier import DeliveryReport, Notifier
@@ -172,8 +172,11 @@ def _report(app: App, outcome: RunOutcome) -> None:
         s = outcome.summary
         app.result(
             f"{outcome.client}/{outcome.job}: {outcome.status}, exit {outcome.exit_code}, "
-            f"snapshot {outcome.snapshot_id[:8]}, {s.get('files', 0)} files, "
-            f"{s.get('bytes_new', 0)} bytes new, {s.get('duration_s', 0)}s"
+            f"snapshot {outcome.snapshot_id[:8]}: {s.get('files_new', 0)} new, "
+            f"{s.get('files_changed', 0)} changed, {s.get('files_unmodified', 0)} unchanged "
+            f"files; {format_size(s.get('bytes_read', 0))} read, "
+            f"{format_size(s.get('bytes_new', 0))} new, "
+            f"{format_size(s.get('bytes_stored', 0))} stored, in {s.get('duration_s', 0):.1f}s"
             + (f": {outcome.message}" if outcome.message else "")
         )
         for copy in s.get("copies", []):
