@@ -84,6 +84,8 @@ def test_a_file_modified_just_before_it_is_read_is_read_again(tmp_path: Path) ->
         )
     assert result.snapshot.summary.files_read == 1  # "fresh", again
     assert result.snapshot.summary.files_unmodified == 1  # "old", from the cache
+    # read again because it was seen before: a changed file, not a new one
+    assert (result.snapshot.summary.files_changed, result.snapshot.summary.files_new) == (1, 0)
 
 
 def test_a_file_that_vanishes_before_it_is_read_is_named(tmp_path: Path) -> None:

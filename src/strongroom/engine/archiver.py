@@ -39,7 +39,7 @@ from strongroom.engine.streams import (
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
-from strongroom.repository.tree import encode_tree
+from strongroom.repository.tree import DIR, FILE, encode_tree
 
 # Finished directories waiting to be written as trees.
 MAX_DIRS_WAITING = 64
@@ -112,12 +112,10 @@ class _Batch:
 class _PendingFile:
     """A file a worker reads; ``ok`` turns False when it could not be backed up."""
 
-    __slots__ = ("batch", "known", "node", "ok", "path", "st")
+    __slots__ = ("batch", "known", "node", "ok", "path")
 
-    def __init__(
-        self, path: bytes, node: Node, st: os.stat_result, known: bool, batch: _Batch
-    ) -> None:
-        self.path, self.node, self.st, self.known, self.batch = path, node, st, known, batch
+    def __init__(self, path: bytes, node: Node, known: bool, batch: _Batch) -> None:
+        self.path, self.node, self.known, self.batch = path, node, known, batch
         self.ok = True
 
 
@@ -315,10 +313,11 @@ class Archiver:
         f.seek(offset)
         return f
 
-    def _add_file(self, path: bytes, node: Node, st: os.stat_result) -> Node | _PendingFile:
-        """An unchanged file's node at once; otherwise the file joins a worker's batch."""
+    def _add_file(self, path: bytes, node: Node) -> Node | _PendingFile:
+        """An unchanged file's node at once; otherwise the file joins a worker's batch.
+        ``node`` is the file's, from its lstat."""
         self._stop_if_failed()
-        cached = self.files_cache.lookup(path, st)
+        cached = self.files_cache.lookup(path, node)
         if cached is not None and all(
             isinstance(c, int) or self.sink.known(c) for c in cached.content
         ):
@@ -326,13 +325,13 @@ class Archiver:
             node.xattrs = cached.xattrs
             self.files_cache.keep(path, cached)
             self._walked.files_unmodified += 1
-            self._walked.bytes_total += st.st_size
-            self.progress.file_done(path, st.st_size, False)
+            self._walked.bytes_total += node.size
+            self.progress.file_done(path, node.size, False)
             return node
         batch = self._batch
-        pending = _PendingFile(path, node, st, self.files_cache.known(path), batch)
+        pending = _PendingFile(path, node, self.files_cache.known(path), batch)
         batch.files.append(pending)
-        batch.size += st.st_size
+        batch.size += node.size
         if len(batch.files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
             self._submit_batch()
         return pending
@@ -362,9 +361,9 @@ class Archiver:
                 pending.ok = False
                 fds.append(None)
                 continue
-            if pending.st.st_size:
+            if pending.node.size:
                 try:
-                    size = min(pending.st.st_size, READAHEAD_BYTES)
+                    size = min(pending.node.size, READAHEAD_BYTES)
                     os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
                 except OSError:
                     pass  # only a hint
@@ -392,7 +391,7 @@ class Archiver:
         read_start = self.clock.now_ns()
         try:
             before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or before.st_ino != pending.st.st_ino:
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != node.inode:
                 self._warn(path, "replaced by another kind of file during the backup")
                 return False
             node.xattrs = read_xattrs(fd)
@@ -409,10 +408,13 @@ class Archiver:
         ) or node.size != after.st_size:
             node.changed = True
             self._warn(path, "changed while being read; stored as read, will be read again")
+            self.files_cache.remember(path, after, [], [], trusted=False)
         elif after.st_mtime_ns < read_start - RACY_WINDOW_NS:
+            self.files_cache.remember(path, after, node.content, node.xattrs)
+        else:
             # A file modified just before we read it could be modified again within the
             # same timestamp tick without its mtime moving: trust only older mtimes.
-            self.files_cache.remember(path, after, node.content, node.xattrs)
+            self.files_cache.remember(path, after, [], [], trusted=False)
         if pending.known:
             counts.files_changed += 1
         else:
@@ -501,16 +503,13 @@ class Archiver:
         node.xattrs = listing.xattrs
         base = path.rstrip(b"/") + b"/"
         children = pending.children
-        for name, st, target in listing.entries:
-            child = node_from_stat(name, st)
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                children.append(self._add_file(base + name, child, st))
-            elif stat.S_ISDIR(mode):
+        for child in listing.entries:
+            if child.type == FILE:
+                children.append(self._add_file(base + child.name, child))
+            elif child.type == DIR:
                 self._walked.dirs += 1
-                children.append(self._walk(base + name, child, ready))
+                children.append(self._walk(base + child.name, child, ready))
             else:
-                child.target = target
                 self._walked.other += 1
                 children.append(child)
         ready.append(pending)
@@ -670,7 +669,7 @@ class Archiver:
             elif stat.S_ISDIR(st.st_mode):
                 children.append(self._walk(path, node, ready))
             elif stat.S_ISREG(st.st_mode):
-                children.append(self._add_file(path, node, st))
+                children.append(self._add_file(path, node))
             else:
                 if stat.S_ISLNK(st.st_mode):
                     node.target = os.readlink(path)

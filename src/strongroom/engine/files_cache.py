@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from strongroom.repository.tree import Node
+
 
 class CachedFile(msgspec.Struct, array_like=True):
     size: int
@@ -16,6 +18,9 @@ class CachedFile(msgspec.Struct, array_like=True):
     inode: int
     content: list[bytes | int]
     xattrs: list[tuple[bytes, bytes]] = []
+    # False: seen, but modified too close to its read to be trusted (read next time,
+    # and counted as changed rather than new).
+    trusted: bool = True
 
 
 _decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
@@ -35,15 +40,16 @@ class FilesCache:
             except (OSError, msgspec.DecodeError):
                 self._old = {}  # a damaged cache only costs a re-read
 
-    def lookup(self, path: bytes, st: os.stat_result) -> CachedFile | None:
+    def lookup(self, path: bytes, node: Node) -> CachedFile | None:
+        """The entry for an unchanged file (``node`` from its lstat), or None."""
         entry = self._old.get(path)
-        if entry is None:
+        if entry is None or not entry.trusted:
             return None
         if (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode) != (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
+            node.size,
+            node.mtime_ns,
+            node.ctime_ns,
+            node.inode,
         ):
             return None
         return entry
@@ -63,9 +69,13 @@ class FilesCache:
         st: os.stat_result,
         content: list[bytes | int],
         xattrs: list[tuple[bytes, bytes]],
+        *,
+        trusted: bool = True,
     ) -> None:
         # Changing an xattr changes ctime, so cached xattrs are as fresh as the content.
-        entry = CachedFile(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content, xattrs)
+        entry = CachedFile(
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content, xattrs, trusted
+        )
         with self._lock:
             self._new[path] = entry
 

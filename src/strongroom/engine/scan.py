@@ -17,7 +17,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from strongroom.engine.fsmeta import open_path, read_xattrs
+from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
+from strongroom.repository.tree import DIR, Node
 
 SCAN_THREADS = 3
 MAX_AHEAD = 512
@@ -26,16 +27,17 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass
 class Listing:
-    """One directory as it was seen: entries in name order with their lstat (and a
-    symlink's target), and problems to report (path, message)."""
+    """One directory as it was seen: a node per entry in name order (from its lstat;
+    a stat result costs twice a node's memory, so none is kept), and problems to
+    report (path, message)."""
 
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
-    entries: list[tuple[bytes, os.stat_result, bytes | None]] = field(default_factory=list)
+    entries: list[Node] = field(default_factory=list)
     problems: list[tuple[bytes, str]] = field(default_factory=list)
 
     def subdirectories(self, path: bytes) -> list[bytes]:
         base = path.rstrip(b"/") + b"/"
-        return [base + name for name, st, _ in self.entries if stat.S_ISDIR(st.st_mode)]
+        return [base + node.name for node in self.entries if node.type == DIR]
 
 
 def is_excluded(path: bytes, name: bytes, patterns: Sequence[bytes]) -> bool:
@@ -69,14 +71,14 @@ def scan_directory(path: bytes, excludes: Sequence[bytes]) -> Listing:
                 if e.errno != errno.ENOENT:
                     listing.problems.append((base + name, f"cannot stat: {e.strerror}"))
                 continue
-            target = None
+            node = node_from_stat(name, st)
             if stat.S_ISLNK(st.st_mode):
                 try:
-                    target = os.readlink(name, dir_fd=fd)
+                    node.target = os.readlink(name, dir_fd=fd)
                 except OSError as e:
                     listing.problems.append((base + name, f"cannot read link: {e.strerror}"))
                     continue
-            listing.entries.append((name, st, target))
+            listing.entries.append(node)
     except OSError as e:
         listing.problems.append((path, f"cannot read directory: {e.strerror}"))
     finally:
