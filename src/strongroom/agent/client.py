@@ -61,6 +61,9 @@ class DirectorSink:
     def claim(self, bid: bytes) -> bool:
         return bool(self._call({"op": "claim", "id": bid})["value"])
 
+    def claim_many(self, bids: list[bytes]) -> list[bool]:
+        return [self.claim(bid) for bid in bids]
+
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import BinaryIO, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
@@ -36,6 +36,7 @@ from strongroom.engine.streams import (
     stream_parts,
     stream_path,
 )
+from strongroom.engine.workers import Worker, WorkerFailed, pack_entries
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -106,7 +107,7 @@ class _Batch:
     def __init__(self) -> None:
         self.files: list[_PendingFile] = []
         self.size = 0
-        self.future: Future[None] | None = None
+        self.future: Future[_Counts] | None = None
 
 
 class _PendingFile:
@@ -117,6 +118,17 @@ class _PendingFile:
     def __init__(self, path: bytes, node: Node, known: bool, batch: _Batch) -> None:
         self.path, self.node, self.known, self.batch = path, node, known, batch
         self.ok = True
+
+
+class _Held(NamedTuple):
+    """A small file read into memory, waiting for its batch's blobs to be claimed."""
+
+    pending: _PendingFile
+    data: bytes
+    bid: bytes | None  # None: an empty file
+    before: os.stat_result
+    after: os.stat_result
+    read_start: int
 
 
 @dataclass
@@ -175,10 +187,13 @@ class _SeekableLimited:
         return n
 
 
-def _read_up_to(fd: int, limit: int) -> bytes:
-    data = os.read(fd, limit)
-    if not data or len(data) == limit:
-        return data
+def _read_small(fd: int, expected: int, limit: int) -> bytes:
+    """A small file's bytes, up to ``limit``: one read of the size fstat gave (plus
+    one byte, to notice growth), more only when that came back short or long. Asking
+    for the size, not the limit, keeps a few-byte file from costing a big buffer."""
+    data = os.read(fd, expected + 1)
+    if len(data) == expected:
+        return data  # the end (a file growing now is caught by the fstat after)
     parts = [data]
     got = len(data)
     while got < limit:
@@ -219,6 +234,7 @@ class Archiver:
         before_commit: Callable[[], None] | None = None,
         sink: BlobSink | None = None,
         scanner: TreeScanner | None = None,
+        lanes: Sequence[Worker] = (),
     ) -> None:
         if sink is None:
             if repo is None:
@@ -237,9 +253,15 @@ class Archiver:
         self._walked = _Counts()  # the walk's own counts (one thread)
         self._warnings: list[FileWarning] = []
         self._batch = _Batch()
-        self._in_flight: deque[Future[None]] = deque()
+        self._in_flight: deque[Future[_Counts]] = deque()
         # Lists directories ahead of the walk; the caller's (started early) or our own.
         self._scanner = scanner
+        # Worker processes set up for this repository: each takes batches too, through
+        # a thread of the pool bound to it.
+        if lanes and not isinstance(self.sink, RepositorySink):
+            raise TypeError("worker processes need a repository sink")
+        self._lanes = list(lanes)
+        self._free_lanes = list(lanes)
         self._failure: BaseException | None = None  # a stream's, noticed by the walk
 
     @property
@@ -276,18 +298,12 @@ class Archiver:
     # --- files ----------------------------------------------------------------------
 
     def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
+        """Chunk and store a file as it is read from the start (holes skipped): its
+        content and the number of bytes read."""
         counts: _Counts = self._local.counts  # the batch's, set by _read_batch
         content: list[bytes | int] = []
         size = st.st_size
         chunker = self._chunker()
-        min_size = chunker.params.min_size
-        if size <= min_size:
-            data = _read_up_to(fd, min_size + 1)
-            if len(data) > min_size:  # grew while reading: chunk it all
-                with self._stream(fd, len(data)) as rest:
-                    data += rest.read()
-                return content, self._add_chunks(chunker.split(data), content, counts)
-            return content, self._add_chunks([data] if data else [], content, counts)
         if st.st_blocks * 512 < size:
             extents = data_extents(fd, size)
             if extents is not None:
@@ -308,11 +324,6 @@ class Archiver:
         with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
             return content, self._add_chunks(chunker.split_stream(stream), content, counts)
 
-    def _stream(self, fd: int, offset: int) -> BinaryIO:
-        f = os.fdopen(os.dup(fd), "rb", buffering=0)
-        f.seek(offset)
-        return f
-
     def _add_file(self, path: bytes, node: Node) -> Node | _PendingFile:
         """An unchanged file's node at once; otherwise the file joins a worker's batch.
         ``node`` is the file's, from its lstat."""
@@ -323,7 +334,7 @@ class Archiver:
         ):
             node.content = cached.content
             node.xattrs = cached.xattrs
-            self.files_cache.keep(path, cached)
+            self.files_cache.keep(path)
             self._walked.files_unmodified += 1
             self._walked.bytes_total += node.size
             self.progress.file_done(path, node.size, False)
@@ -342,16 +353,102 @@ class Archiver:
             return
         self._batch = _Batch()
         # Bound the work queued ahead of the workers, and so the memory it holds.
-        while len(self._in_flight) >= 2 * self.workers:
+        while len(self._in_flight) >= 2 * (self.workers + len(self._lanes)):
             self._in_flight.popleft().result()
-        batch.future = self._pool.submit(self._read_batch, batch)
+        batch.future = self._pool.submit(self._run_batch, batch)
         self._in_flight.append(batch.future)
+
+    def _bind_lane(self) -> None:
+        """Pool thread start: bind to a worker process, while any is unbound."""
+        with self._stats.lock:
+            self._local.lane = self._free_lanes.pop() if self._free_lanes else None
+
+    def _run_batch(self, batch: _Batch) -> _Counts:
+        lane: Worker | None = getattr(self._local, "lane", None)
+        return self._read_batch(batch) if lane is None else self._read_remote(lane, batch)
+
+    def _read_remote(self, lane: Worker, batch: _Batch) -> _Counts:
+        """Have a worker process back up the batch: answer its claims, index the packs
+        it publishes, and take its outcome into the batch's nodes."""
+        assert isinstance(self.sink, RepositorySink)
+        lane.send(
+            {
+                "op": "batch",
+                "files": [[p.path, p.node.inode, p.node.size, p.known] for p in batch.files],
+            }
+        )
+        while True:
+            message = lane.recv()
+            op = message.get("op")
+            if op == "claim":
+                ids = [bytes(i) for i in message["ids"]]
+                lane.send({"op": "claimed", "granted": self.sink.claim_many(ids)})
+            elif op == "pack":
+                self.sink.register_pack(str(message["id"]), pack_entries(message["entries"]))
+            elif op == "done":
+                break
+        for pending, (ok, content, xattrs, size, changed) in zip(
+            batch.files, message["files"], strict=True
+        ):
+            pending.ok = bool(ok)
+            if ok:
+                node = pending.node
+                node.content = [c if isinstance(c, int) else bytes(c) for c in content]
+                node.xattrs = [(bytes(k), bytes(v)) for k, v in xattrs]
+                node.size, node.changed = int(size), bool(changed)
+                self.progress.file_done(pending.path, node.size, True)
+        for path, text in message["warnings"]:
+            self._warn(bytes(path), str(text))
+        for path, encoded in message["cache"]:
+            self.files_cache.keep_encoded(bytes(path), bytes(encoded))
+        counts = _Counts(*message["counts"])
+        self._stats.merge(counts)
+        return counts
+
+    def _end_lanes(self, how: str) -> None:
+        """Have each worker process write out its partial pack ("finish": indexed
+        here) or throw it away ("discard", after a failure: errors are ignored)."""
+        for lane in self._lanes:
+            try:
+                lane.send({"op": how})
+                while (message := lane.recv()).get("op") not in ("finished", "discarded"):
+                    if message.get("op") == "pack":
+                        assert isinstance(self.sink, RepositorySink)
+                        self.sink.register_pack(
+                            str(message["id"]), pack_entries(message["entries"])
+                        )
+            except (WorkerFailed, OSError):
+                if how == "finish":
+                    raise
+        self._lanes = []
+
+    def read_files(self, files: Sequence[tuple[bytes, int, int, bool]]) -> dict[str, Any]:
+        """Back up files given as (path, inode, size, seen before) for a parent
+        process: per file (ok, content, xattrs, size, changed), and the warnings,
+        files cache entries and counts that came of it."""
+        batch = _Batch()
+        for path, inode, size, known in files:
+            node = Node(name=b"", type=FILE, size=size, inode=inode)
+            batch.files.append(_PendingFile(path, node, known, batch))
+        warned = len(self._warnings)
+        counts = self._read_batch(batch)
+        return {
+            "files": [
+                (p.ok, p.node.content, p.node.xattrs, p.node.size, p.node.changed)
+                for p in batch.files
+            ],
+            "warnings": [(os.fsencode(w.path), w.message) for w in self._warnings[warned:]],
+            "cache": self.files_cache.take_new(),
+            "counts": [getattr(counts, name) for name in _COUNT_NAMES],
+        }
 
     def _open_file(self, path: bytes) -> int:
         return open_path(path, FILE_FLAGS)
 
-    def _read_batch(self, batch: _Batch) -> None:
-        """Open the batch's files, ask for them to be read ahead, then back each up."""
+    def _read_batch(self, batch: _Batch) -> _Counts:
+        """Back up a batch of files. All are opened and asked to be read ahead first;
+        small ones are read and named, then the sink is asked once which of their
+        blobs it lacks; a big file is chunked and stored as it is read."""
         fds: list[int | None] = []
         for pending in batch.files:
             try:
@@ -370,6 +467,7 @@ class Archiver:
             fds.append(fd)
         counts = _Counts()
         self._local.counts = counts
+        held: list[_Held] = []
         try:
             for i, pending in enumerate(batch.files):
                 open_fd = fds[i]
@@ -377,29 +475,74 @@ class Archiver:
                     continue
                 fds[i] = None
                 try:
-                    pending.ok = self._file(pending, open_fd, counts)
+                    small = self._read_file(pending, open_fd, counts)
                 finally:
                     os.close(open_fd)
+                if small is not None:
+                    held.append(small)
+            self._store_small(held, counts)
         finally:
             for left in fds:
                 if left is not None:
                     os.close(left)
             self._stats.merge(counts)
+        return counts
 
-    def _file(self, pending: _PendingFile, fd: int, counts: _Counts) -> bool:
+    def _read_file(self, pending: _PendingFile, fd: int, counts: _Counts) -> _Held | None:
+        """Read one file: a small one into memory (returned, to be stored with the rest
+        of its batch), a big one chunked and stored as it goes."""
         path, node = pending.path, pending.node
         read_start = self.clock.now_ns()
+        min_size = self._chunker().params.min_size
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode) or before.st_ino != node.inode:
                 self._warn(path, "replaced by another kind of file during the backup")
-                return False
+                pending.ok = False
+                return None
             node.xattrs = read_xattrs(fd)
+            if before.st_size <= min_size:
+                data = _read_small(fd, before.st_size, min_size + 1)
+                if len(data) <= min_size:
+                    after = os.fstat(fd)
+                    bid = blob_id(self.sink.id_key, data) if data else None
+                    return _Held(pending, data, bid, before, after, read_start)
+                os.lseek(fd, 0, os.SEEK_SET)  # grew while read: chunk it all
             node.content, read = self._read_content(fd, before)
             after = os.fstat(fd)
         except OSError as e:
             self._warn(path, f"cannot read: {e.strerror}")
-            return False
+            pending.ok = False
+            return None
+        self._file_read(pending, read, before, after, read_start, counts)
+        return None
+
+    def _store_small(self, held: list[_Held], counts: _Counts) -> None:
+        """Store the blobs of a batch's small files the sink lacks, asking it once."""
+        granted = iter(self.sink.claim_many([h.bid for h in held if h.bid is not None]))
+        for h in held:
+            if h.bid is None:
+                h.pending.node.content = []
+            else:
+                if next(granted):
+                    stored = self.sink.store(DATA, h.bid, h.data)
+                    counts.blobs_new += 1
+                    counts.bytes_new += stored.raw_length
+                    counts.bytes_stored += stored.stored_length
+                h.pending.node.content = [h.bid]
+            self._file_read(h.pending, len(h.data), h.before, h.after, h.read_start, counts)
+
+    def _file_read(
+        self,
+        pending: _PendingFile,
+        read: int,
+        before: os.stat_result,
+        after: os.stat_result,
+        read_start: int,
+        counts: _Counts,
+    ) -> None:
+        """Whether the file changed while read, the files cache, the counts."""
+        path, node = pending.path, pending.node
         node.size = read + sum(c for c in node.content if isinstance(c, int))
         if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             before.st_size,
@@ -423,7 +566,6 @@ class Archiver:
         counts.bytes_read += read
         counts.bytes_total += node.size
         self.progress.file_done(path, node.size, True)
-        return True
 
     # --- streams --------------------------------------------------------------------
 
@@ -574,7 +716,11 @@ class Archiver:
         ]:
             raise ValueError("the scanner was started for another backup request")
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-file") as pool:
+            with ThreadPoolExecutor(
+                self.workers + len(self._lanes),
+                thread_name_prefix="strongroom-file",
+                initializer=self._bind_lane,
+            ) as pool:
                 self._pool = pool
                 try:
                     root_tree = self._archive_roots(roots, request.streams, pool, ready)
@@ -582,6 +728,7 @@ class Archiver:
                     for stream in request.streams:
                         stream.stop()  # or the pool would wait for the command to finish
                     pool.shutdown(wait=True, cancel_futures=True)
+                    self._end_lanes("discard")
                     self.sink.discard()
                     raise
         finally:
@@ -590,6 +737,12 @@ class Archiver:
                 self._scanner = None
             self._stats.merge(self._walked)
             self._walked = _Counts()
+        try:
+            self._end_lanes("finish")
+        except BaseException:
+            self._end_lanes("discard")
+            self.sink.discard()
+            raise
         self.sink.finish()
         cache_problem = self.files_cache.save()
         summary = self._stats.summary

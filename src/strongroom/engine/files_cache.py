@@ -23,7 +23,11 @@ class CachedFile(msgspec.Struct, array_like=True):
     trusted: bool = True
 
 
-_decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
+# Entries stay encoded in memory (decoded when looked up): a decoded entry with its
+# ints and lists costs about five times its encoding, and a fleet client has millions.
+_file_decoder = msgspec.msgpack.Decoder(dict[bytes, msgspec.Raw])
+_entry_decoder = msgspec.msgpack.Decoder(CachedFile)
+_encoder = msgspec.msgpack.Encoder()
 
 
 class FilesCache:
@@ -31,21 +35,25 @@ class FilesCache:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._old: dict[bytes, CachedFile] = {}
-        self._new: dict[bytes, CachedFile] = {}
+        self._old: dict[bytes, msgspec.Raw] = {}
+        self._new: dict[bytes, msgspec.Raw] = {}
         self._lock = threading.Lock()
         if path is not None:
             try:
-                self._old = _decoder.decode(path.read_bytes())
+                self._old = _file_decoder.decode(path.read_bytes())
             except (OSError, msgspec.DecodeError):
                 self._old = {}  # a damaged cache only costs a re-read
 
     def lookup(self, path: bytes, node: Node) -> CachedFile | None:
         """The entry for an unchanged file (``node`` from its lstat), or None."""
-        entry = self._old.get(path)
-        if entry is None or not entry.trusted:
+        raw = self._old.get(path)
+        if raw is None:
             return None
-        if (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode) != (
+        try:
+            entry = _entry_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return None  # a damaged entry only costs a re-read
+        if not entry.trusted or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode) != (
             node.size,
             node.mtime_ns,
             node.ctime_ns,
@@ -58,10 +66,24 @@ class FilesCache:
         """Whether the last backup saw this path (then a cache miss means 'changed')."""
         return path in self._old
 
-    def keep(self, path: bytes, entry: CachedFile) -> None:
-        """Carry an unchanged file's entry over to the cache this run writes."""
+    def take_new(self) -> list[tuple[bytes, bytes]]:
+        """The entries remembered so far, encoded, handed over (a worker's to its
+        parent, who gives them to ``keep_encoded``)."""
         with self._lock:
-            self._new[path] = entry
+            new, self._new = self._new, {}
+        return [(path, bytes(raw)) for path, raw in new.items()]
+
+    def keep_encoded(self, path: bytes, encoded: bytes) -> None:
+        _entry_decoder.decode(encoded)  # refuse anything a worker could not have meant
+        with self._lock:
+            self._new[path] = msgspec.Raw(encoded)
+
+    def keep(self, path: bytes) -> None:
+        """Carry an unchanged file's entry over to the cache this run writes."""
+        raw = self._old.get(path)
+        if raw is not None:
+            with self._lock:
+                self._new[path] = raw
 
     def remember(
         self,
@@ -76,8 +98,9 @@ class FilesCache:
         entry = CachedFile(
             st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content, xattrs, trusted
         )
+        raw = msgspec.Raw(_encoder.encode(entry))
         with self._lock:
-            self._new[path] = entry
+            self._new[path] = raw
 
     def save(self) -> str | None:
         """Write the entries seen in this run, atomically; say why if that failed.
@@ -90,7 +113,7 @@ class FilesCache:
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(msgspec.msgpack.encode(self._new))
+            tmp.write_bytes(_encoder.encode(self._new))
             os.replace(tmp, self.path)
         except OSError as e:
             tmp.unlink(missing_ok=True)

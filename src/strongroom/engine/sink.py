@@ -16,7 +16,7 @@ from typing import Protocol
 
 from strongroom.clock import Clock
 from strongroom.repository import TREE, Chunker, Repository, Snapshot
-from strongroom.repository.pack import PackWriter
+from strongroom.repository.pack import PackEntry, PackWriter
 
 INDEX_CHECKPOINT_PACKS = 8
 INDEX_CHECKPOINT_SECONDS = 60.0
@@ -39,6 +39,9 @@ class BlobSink(Protocol):
 
     def claim(self, bid: bytes) -> bool:
         """True when the caller must store the blob: nobody has it or is storing it."""
+
+    def claim_many(self, bids: list[bytes]) -> list[bool]:
+        """``claim`` for each blob in turn (one question, where the sink is remote)."""
 
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
@@ -94,6 +97,9 @@ class RepositorySink:
             self._claimed.add(bid)
             return True
 
+    def claim_many(self, bids: list[bytes]) -> list[bool]:
+        return [self.claim(bid) for bid in bids]
+
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:
@@ -129,6 +135,15 @@ class RepositorySink:
 
     def _upload(self, writer: PackWriter) -> None:
         self.repo.upload_pack(writer)
+        self._uploaded()
+
+    def register_pack(self, pack_id: str, entries: list[PackEntry]) -> None:
+        """A pack another process (a worker) published: its blobs become known, and
+        are described by the next index checkpoint."""
+        self.repo.add_pack(pack_id, entries)
+        self._uploaded()
+
+    def _uploaded(self) -> None:
         self._on_step("pack-written")
         now = self._clock.monotonic()
         if (

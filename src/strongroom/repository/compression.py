@@ -8,6 +8,7 @@ one per frame, and both calls release the GIL.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import zstandard
 
@@ -18,6 +19,7 @@ DEFAULT_LEVEL = 3
 MIN_SAVING = 0.02
 
 _local = threading.local()
+PIECE = 256 * 1024
 
 
 def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | None:
@@ -31,6 +33,27 @@ def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | No
     if len(out) > len(data) * (1 - MIN_SAVING):
         return None
     return out
+
+
+def decompress_pieces(data: bytes, expected_size: int, what: str) -> Iterator[bytes]:
+    """``decompress`` in pieces of PIECE bytes, for checking a big frame without
+    holding its whole output."""
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    total = 0
+    try:
+        for piece in decompressor.read_to_iter(data, write_size=PIECE):
+            total += len(piece)
+            if total > expected_size:
+                break
+            yield piece
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what}: cannot decompress ({e})") from None
+    if total != expected_size:
+        raise IntegrityError(
+            f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
+        )
 
 
 def decompress(data: bytes | memoryview, expected_size: int, what: str) -> bytes:

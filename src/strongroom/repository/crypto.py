@@ -86,9 +86,24 @@ class PackCipher:
         self._counter = 0
 
     def encrypt(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+        return b"".join(self.encrypt_parts(aad, plaintext))
+
+    def encrypt_parts(self, aad: bytes, plaintext: bytes | memoryview) -> tuple[bytes, bytes]:
+        """``encrypt``'s nonce and the rest, apart."""
+        nonce = self._next_nonce()
+        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+
+    def encrypt_into(self, aad: bytes, plaintext: bytes | memoryview, out: memoryview) -> bytes:
+        """Encrypt into ``out`` (exactly ``len(plaintext) + TAG_SIZE`` bytes, no new
+        buffer); returns the nonce, which goes before it."""
+        nonce = self._next_nonce()
+        self._aead.encrypt_into(nonce, plaintext, aad, out)
+        return nonce
+
+    def _next_nonce(self) -> bytes:
         nonce = struct.pack(">4xQ", self._counter)
         self._counter += 1
-        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+        return nonce
 
     def decrypt(self, aad: bytes, data: bytes | memoryview, what: str) -> bytes:
         if len(data) < BLOB_OVERHEAD:

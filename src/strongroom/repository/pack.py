@@ -16,12 +16,15 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+import blake3
+
 from strongroom.backend import StagedObject
 from strongroom.errors import IntegrityError
 from strongroom.repository import compression
 from strongroom.repository.crypto import (
     BLOB_OVERHEAD,
     SALT_SIZE,
+    TAG_SIZE,
     MasterKey,
     PackCipher,
     blob_id,
@@ -42,7 +45,7 @@ FLAG_COMPRESSED = 1
 WRITE_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     type: int
     id: bytes
@@ -76,6 +79,7 @@ class PackWriter:
         self.sink = sink
         self._mem: bytearray | None = bytearray() if sink is None else None
         self._unwritten = bytearray()  # for a sink: written in pieces of WRITE_SIZE
+        self._sealed = bytearray()
         self._hash = hashlib.sha256()
         self._size = 0
         self.entries: list[PackEntry] = []
@@ -85,15 +89,21 @@ class PackWriter:
     def size(self) -> int:
         return self._size
 
-    def _append(self, data: bytes) -> None:
-        self._hash.update(data)
-        self._size += len(data)
-        if self._mem is not None:
-            self._mem += data
-        else:
-            self._unwritten += data
-            if len(self._unwritten) >= WRITE_SIZE:
-                self._write_out()
+    def _append(self, *parts: bytes | memoryview) -> None:
+        for data in parts:
+            self._hash.update(data)
+            self._size += len(data)
+            if self._mem is not None:
+                self._mem += data
+            elif len(data) >= WRITE_SIZE:  # written as it is, not copied to the buffer
+                if self._unwritten:
+                    self._write_out()
+                assert self.sink is not None
+                self.sink.write(data)
+            else:
+                self._unwritten += data
+                if len(self._unwritten) >= WRITE_SIZE:
+                    self._write_out()
 
     def _write_out(self) -> None:
         assert self.sink is not None
@@ -114,32 +124,44 @@ class PackWriter:
         ``compressed``: a zstd frame of ``data`` made elsewhere (by an agent) and already
         verified by the caller; it is stored as it is.
         """
-        if compressed is not None:
-            ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), compressed)
-            entry = PackEntry(
-                blob_type, bid, self._size, len(ciphertext), len(data), FLAG_COMPRESSED
-            )
-            self._append(ciphertext)
-            self.entries.append(entry)
-            return entry
-        packed = compression.compress(data, self._level) if len(data) > 64 else None
         flags = 0
-        if packed is not None:
-            # Verify before publishing: a compressor bug must not corrupt a backup.
-            # (Comparing with a memoryview goes byte by byte; its keyed id is cheaper.)
-            restored = compression.decompress(packed, len(data), "blob")
-            if (
-                restored != data
-                if isinstance(data, bytes)
-                else blob_id(self._key.id_key, restored) != bid
-            ):
-                raise IntegrityError("compression round trip failed; refusing to store")
+        if compressed is not None:
+            payload: bytes | memoryview = compressed
             flags = FLAG_COMPRESSED
-        ciphertext = self._cipher.encrypt(blob_aad(blob_type, bid), packed or data)
-        entry = PackEntry(blob_type, bid, self._size, len(ciphertext), len(data), flags)
-        self._append(ciphertext)
+        else:
+            packed = compression.compress(data, self._level) if len(data) > 64 else None
+            payload = data
+            if packed is not None:
+                # Verify before publishing: a compressor bug must not corrupt a backup.
+                self._check_round_trip(packed, data, bid)
+                payload = packed
+                flags = FLAG_COMPRESSED
+        # Sealed into a buffer kept for the pack's life: a big blob's ciphertext is not
+        # a new allocation each time (they fragment the heap).
+        size = len(payload) + TAG_SIZE
+        if len(self._sealed) < size:
+            self._sealed = bytearray(size)
+        ciphertext = memoryview(self._sealed)[:size]
+        nonce = self._cipher.encrypt_into(blob_aad(blob_type, bid), payload, ciphertext)
+        entry = PackEntry(blob_type, bid, self._size, len(nonce) + size, len(data), flags)
+        self._append(nonce, ciphertext)
+        ciphertext.release()
         self.entries.append(entry)
         return entry
+
+    def _check_round_trip(self, packed: bytes, data: bytes | memoryview, bid: bytes) -> None:
+        """The frame decompresses to ``data``: compared directly when it is bytes; for a
+        view (a big chunk), its keyed id is taken piece by piece instead (comparing a
+        view goes byte by byte, and no second copy of a big chunk is held)."""
+        if isinstance(data, bytes):
+            ok = compression.decompress(packed, len(data), "blob") == data
+        else:
+            hasher = blake3.blake3(key=self._key.id_key, max_threads=1)
+            for piece in compression.decompress_pieces(packed, len(data), "blob"):
+                hasher.update(piece)
+            ok = hasher.digest() == bid
+        if not ok:
+            raise IntegrityError("compression round trip failed; refusing to store")
 
     def finish(self) -> tuple[str, bytearray | None]:
         """Seal the header. Returns the pack id and, for an in-memory pack, its bytes."""
@@ -148,7 +170,7 @@ class PackWriter:
             for e in self.entries
         )
         sealed = self._cipher.encrypt(HEADER_AAD, header)
-        self._append(sealed + TRAILER.pack(len(sealed)))
+        self._append(sealed, TRAILER.pack(len(sealed)))
         if self._unwritten:
             self._write_out()
         return self._hash.hexdigest(), self._mem

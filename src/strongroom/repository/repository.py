@@ -412,11 +412,16 @@ class Repository:
             writer.sink.publish(pack_name(pack_id))
         else:
             self.backend.save(pack_name(pack_id), data)
-        with self._index_lock:
-            for entry in writer.entries:
-                self.index.add(pack_id, entry, replace=True)
-            self._pending[pack_id] = list(writer.entries)
+        self.add_pack(pack_id, writer.entries)
         return pack_id, writer.size
+
+    def add_pack(self, pack_id: str, entries: list[PackEntry]) -> None:
+        """Make the blobs of a pack just stored known (to this process, and to the next
+        index file ``flush_index`` writes)."""
+        with self._index_lock:
+            for entry in entries:
+                self.index.add(pack_id, entry, replace=True)
+            self._pending[pack_id] = list(entries)
 
     def reject_pack(self, pack_id: str) -> None:
         """A stored pack did not read back intact: no index file will name it, and it

@@ -18,6 +18,7 @@ from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.streams import CommandStream, stream_path
+from strongroom.engine.workers import Workers, worker_processes
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -89,8 +90,15 @@ def backup_command(
         program_version=f"strongroom {__version__}",
         streams=streams,
     )
-    # List the directories while the key is derived and the index loaded.
-    with start_scan(request) as scanner, app.open_repository(purpose=f"backup of {client}") as repo:
+    url, _ = app.repository_target()
+    # Worker processes are forked first (before any thread starts); the directories are
+    # listed while the key is derived and the index loaded.
+    with (
+        Workers(worker_processes()) as workers,
+        start_scan(request) as scanner,
+        app.open_repository(purpose=f"backup of {client}") as repo,
+    ):
+        lanes = workers.for_backup(repo, url)
         key = hashlib.sha256(
             b"\0".join(sorted(os.fsencode(os.path.abspath(p)) for p in paths))
             + b"".join(b"\0" + stream_path(s.name) for s in streams)
@@ -104,6 +112,8 @@ def backup_command(
             progress,
             before_commit=app.lock.ensure_valid if app.lock else None,
             scanner=scanner,
+            workers=max(1, (os.cpu_count() or 1) - len(lanes)),
+            lanes=lanes,
         )
         result = archiver.backup(request)
         progress.close()

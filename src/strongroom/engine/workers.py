@@ -1,0 +1,340 @@
+"""Worker processes: files read, chunked, compressed and encrypted by a second process,
+so that another core works without waiting for the first one's interpreter lock.
+
+Workers are forked when a command starts, before it starts any thread (a fork copies
+only the calling thread, and a lock some other thread held would stay held in the
+child), and wait on a pipe for work: first the keys and the repository's URL, then
+batches of files. A worker asks its parent which blobs to store (deduplication is
+decided in one place), writes its own packs and reports each one it published; the
+parent indexes them and writes the snapshot. A worker dies with its parent
+(PR_SET_PDEATHSIG) and leaves at most a temporary object, which listings ignore.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import struct
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import msgspec
+
+from strongroom.backend import Backend, open_backend
+from strongroom.clock import SystemClock
+from strongroom.engine.sink import Stored
+from strongroom.errors import StrongroomError
+from strongroom.repository import Chunker, ChunkerParams, Repository, Snapshot
+from strongroom.repository.crypto import MasterKey
+from strongroom.repository.pack import PackEntry, PackWriter, pack_name
+
+_LENGTH = struct.Struct("<I")
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
+PR_SET_PDEATHSIG = 1
+
+
+def worker_processes() -> int:
+    """How many worker processes a backup or restore forks: one per core beyond the
+    first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps everything in-process)."""
+    given = os.environ.get("STRONGROOM_WORKER_PROCESSES")
+    if given is not None and given.strip().isdigit():
+        return int(given)
+    return max(0, (os.cpu_count() or 1) - 1)
+
+
+class WorkerFailed(StrongroomError):
+    """A worker process reported an error (with its exit code), or died."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Channel:
+    """Length-prefixed msgpack messages over a pair of pipes."""
+
+    def __init__(self, reader: IO[bytes], writer: IO[bytes]) -> None:
+        self._reader, self._writer = reader, writer
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = _encoder.encode(message)
+        self._writer.write(_LENGTH.pack(len(data)) + data)
+        self._writer.flush()
+
+    def recv(self) -> dict[str, Any] | None:
+        """The next message, or None at the end of the stream."""
+        head = self._reader.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack(head)
+        data = self._reader.read(length)
+        if len(data) < length:
+            return None
+        message: dict[str, Any] = _decoder.decode(data)
+        return message
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+
+class Worker:
+    """The parent's end of one worker process."""
+
+    def __init__(self, pid: int, channel: Channel) -> None:
+        self.pid = pid
+        self.channel = channel
+        self._fds = (channel._reader.fileno(), channel._writer.fileno())
+        # Why the worker stopped: every later request fails the same way.
+        self.failure: WorkerFailed | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        try:
+            self.channel.send(message)
+        except OSError:
+            self.failure = WorkerFailed("a worker process ended unexpectedly", 1)
+            raise self.failure from None
+
+    def recv(self) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
+        message = self.channel.recv()
+        if message is None:
+            self.failure = WorkerFailed("a worker process ended unexpectedly", 1)
+        elif message.get("op") == "failed":
+            self.failure = WorkerFailed(
+                str(message.get("message")), int(message.get("exit_code", 1))
+            )
+        else:
+            return message
+        raise self.failure
+
+    def close(self) -> None:
+        """End the worker (it exits when its input closes) and reap it."""
+        try:
+            self.channel.close()
+        except OSError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class Workers:
+    """Worker processes forked now, while this process has one thread."""
+
+    def __init__(self, count: int) -> None:
+        self.workers: list[Worker] = []
+        if count <= 0 or not hasattr(os, "fork") or threading.active_count() > 1:
+            return
+        for _ in range(count):
+            to_child = os.pipe()
+            from_child = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into the caller's code
+                code = 0
+                try:
+                    for worker in self.workers:  # its siblings' pipes are not its own
+                        for fd in worker._fds:
+                            os.close(fd)
+                    os.close(to_child[1])
+                    os.close(from_child[0])
+                    _serve(Channel(os.fdopen(to_child[0], "rb"), os.fdopen(from_child[1], "wb")))
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(to_child[0])
+            os.close(from_child[1])
+            channel = Channel(os.fdopen(from_child[0], "rb"), os.fdopen(to_child[1], "wb"))
+            self.workers.append(Worker(pid, channel))
+
+    def for_backup(self, repo: Repository, url: str) -> list[Worker]:
+        """Set every worker up to back up files into ``repo`` (at ``url``); none when
+        the repository lives in this process's memory."""
+        if not self.workers or url.startswith("memory:"):
+            return []
+        master = repo.master
+        params = repo.chunker_params
+        setup = {
+            "op": "backup",
+            "encryption_key": master.encryption_key,
+            "id_key": master.id_key,
+            "seed": master.chunker_seed,
+            "chunker": [params.min_size, params.avg_size, params.max_size],
+            "compression": repo.config.compression_level,
+            "pack_size": repo.pack_target_size,
+            "url": url,
+        }
+        for worker in self.workers:
+            worker.send(setup)
+        return list(self.workers)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
+
+
+# --- the child's side -----------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker still ends when its input closes
+
+
+def _serve(channel: Channel) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; EOF ends us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    setup = channel.recv()
+    if setup is None:
+        return
+    try:
+        if setup.get("op") == "backup":
+            _serve_backup(channel, setup)
+    except StrongroomError as e:
+        channel.send({"op": "failed", "message": str(e), "exit_code": e.exit_code})
+    except Exception as e:  # a bug: the parent says so, with what we know
+        channel.send(
+            {"op": "failed", "message": f"worker: {type(e).__name__}: {e}", "exit_code": 1}
+        )
+
+
+def _serve_backup(channel: Channel, setup: dict[str, Any]) -> None:
+    from strongroom.engine.archiver import Archiver
+    from strongroom.engine.files_cache import FilesCache
+
+    master = MasterKey(setup["encryption_key"], setup["id_key"], setup["seed"])
+    sink = ChildSink(
+        channel,
+        open_backend(setup["url"]),
+        master,
+        ChunkerParams(*setup["chunker"]),
+        setup["compression"],
+        setup["pack_size"],
+    )
+    archiver = Archiver(None, SystemClock(), FilesCache(None), sink=sink, workers=1)
+    try:
+        while (message := channel.recv()) is not None:
+            op = message.get("op")
+            if op == "batch":
+                outcome = archiver.read_files(
+                    [(bytes(p), int(i), int(s), bool(k)) for p, i, s, k in message["files"]]
+                )
+                channel.send({"op": "done", **outcome})
+            elif op == "finish":
+                sink.finish()
+                channel.send({"op": "finished"})
+            elif op == "discard":
+                sink.discard()
+                channel.send({"op": "discarded"})
+    finally:
+        sink.discard()
+
+
+class ChildSink:
+    """A BlobSink in a worker process: claims are the parent's to decide, packs are
+    written here and reported to the parent once published."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        backend: Backend,
+        master: MasterKey,
+        params: ChunkerParams,
+        level: int,
+        pack_size: int,
+    ) -> None:
+        self._channel = channel
+        self._backend = backend
+        self._master = master
+        self._params = params
+        self._level = level
+        self._pack_size = pack_size
+        self.id_key = master.id_key
+        self._writer: PackWriter | None = None
+
+    def new_chunker(self) -> Chunker:
+        return Chunker(self._params, self._master.chunker_seed)
+
+    def known(self, bid: bytes) -> bool:
+        raise NotImplementedError("the files cache is the parent's")
+
+    def claim(self, bid: bytes) -> bool:
+        return self.claim_many([bid])[0]
+
+    def claim_many(self, bids: list[bytes]) -> list[bool]:
+        if not bids:
+            return []
+        self._channel.send({"op": "claim", "ids": bids})
+        reply = self._channel.recv()
+        if reply is None or reply.get("op") != "claimed":
+            raise WorkerFailed("the parent process went away", 1)
+        return [bool(g) for g in reply["granted"]]
+
+    def store(
+        self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
+    ) -> Stored:
+        if self._writer is None:
+            self._writer = PackWriter(self._master, self._level, self._backend.stage("data/"))
+        entry = self._writer.add(blob_type, bid, data, compressed=compressed)
+        if self._writer.size >= self._pack_size:
+            self._publish()
+        return Stored(entry.raw_length, entry.length)
+
+    def _publish(self) -> None:
+        writer, self._writer = self._writer, None
+        assert writer is not None and writer.sink is not None
+        try:
+            pack_id, _ = writer.finish()
+            writer.sink.publish(pack_name(pack_id))
+        except BaseException:
+            writer.discard()
+            raise
+        self._channel.send(
+            {
+                "op": "pack",
+                "id": pack_id,
+                "entries": [
+                    [e.type, e.id, e.offset, e.length, e.raw_length, e.flags]
+                    for e in writer.entries
+                ],
+            }
+        )
+
+    def finish(self) -> None:
+        if self._writer is not None:
+            if self._writer.entries:
+                self._publish()
+            else:
+                self.discard()
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
+
+    def commit(self, snapshot: Snapshot) -> str:
+        raise NotImplementedError("snapshots are the parent's to write")
+
+
+def pack_entries(raw: Sequence[Sequence[Any]]) -> list[PackEntry]:
+    """A worker's report of a pack's entries, as entries."""
+    return [PackEntry(int(t), bytes(i), int(o), int(n), int(r), int(f)) for t, i, o, n, r, f in raw]
