@@ -21,14 +21,17 @@ import itertools
 import os
 import stat
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import msgspec
 
 from strongroom.backend import ObjectNotFound
 from strongroom.engine.walk import load_tree
+from strongroom.engine.workers import Worker
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
 from strongroom.repository import DATA, Node, Repository, Snapshot
 from strongroom.repository.crypto import blob_id
@@ -48,12 +51,16 @@ from strongroom.repository.tree import (
 TEMP_PREFIX = b".strongroom-tmp-"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# Files planned before their data is fetched: bounds the memory a huge restore takes.
-WINDOW_FILES = 16384
 # Needed blobs of a pack are read together, in pieces of about this size, reading
 # through gaps of unneeded data no longer than READ_GAP.
 READ_SIZE = 4 << 20
 READ_GAP = 256 << 10
+# One worker's job: neighbouring files, up to this many or this much data. Jobs are
+# handed out as the walk plans them; this many per worker wait at most (which bounds
+# the memory a huge restore takes).
+JOB_FILES = 256
+JOB_BYTES = 16 << 20
+JOBS_AHEAD = 4
 # Directory descriptors each worker keeps open.
 DIR_CACHE = 64
 
@@ -202,39 +209,33 @@ class _File:
     """A file to restore: where its blobs go, and how many are still to come."""
 
     __slots__ = (
-        "direct",
-        "failed",
-        "fd",
-        "left",
-        "lock",
-        "node",
-        "parts",
-        "size",
-        "temp",
-        "written",
+        "blobs", "direct", "done", "failed", "fd", "left", "lock", "node", "parts", "size",
+        "temp", "written",
     )  # fmt: skip
 
-    def __init__(self, parts: tuple[bytes, ...], node: Node, blobs: int, size: int) -> None:
+    def __init__(
+        self,
+        parts: tuple[bytes, ...],
+        node: Node,
+        blobs: list[tuple[str, PackEntry, int]],
+        size: int,
+        count: int | None = None,
+    ) -> None:
         self.parts, self.node, self.size = parts, node, size
+        # Where each blob is (pack, entry) and goes (offset); empty for a source
+        # without packs, which says ``count``.
+        self.blobs = blobs
+        count = len(blobs) if count is None else count
         # Writes still to come (a file without data gets one, with no bytes).
-        self.left = max(blobs, 1)
+        self.left = max(count, 1)
         # One blob, authenticated before the file is created: no temporary name needed.
-        self.direct = blobs <= 1
+        self.direct = count <= 1
         self.fd: int | None = None
         self.temp: bytes | None = None  # written under this name, renamed at the end
         self.failed = False
+        self.done = False
         self.written = 0
         self.lock = threading.Lock()
-
-
-@dataclass
-class _Window:
-    """Files planned together: per pack, each blob's location and where it goes."""
-
-    files: list[_File] = field(default_factory=list)
-    packs: dict[str, dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]]] = field(
-        default_factory=dict
-    )
 
 
 class Restorer:
@@ -244,6 +245,7 @@ class Restorer:
         progress: RestoreProgress | None = None,
         workers: int | None = None,
         source: BlobSource | None = None,
+        lanes: Sequence[Worker] = (),
     ) -> None:
         if source is None:
             if repo is None:
@@ -258,6 +260,11 @@ class Restorer:
         self._temp_names = itertools.count()
         # Each worker thread's open directories (thread id -> parts -> fd).
         self._dir_fds: dict[int, OrderedDict[tuple[bytes, ...], int]] = {}
+        # Worker processes set up for this restore: each takes jobs through a thread of
+        # the pool bound to it.
+        self._lanes = list(lanes)
+        self._free_lanes = list(lanes)
+        self._local = threading.local()
 
     def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:
         return self.restore_tree(snapshot.tree, request)
@@ -273,21 +280,44 @@ class Restorer:
             os.makedirs(request.target, exist_ok=True)
             root_fd = os.open(request.target, DIR_FLAGS)
             self._root_fd = root_fd
+            root = os.fstat(root_fd)
         except OSError as e:
             raise UsageError(f"cannot use target {request.target}: {e.strerror}") from None
+        try:
+            for lane in self._lanes:  # the same directory, or they refuse
+                lane.send(
+                    {
+                        "op": "target",
+                        "path": os.fsencode(os.path.abspath(request.target)),
+                        "device": root.st_dev,
+                        "inode": root.st_ino,
+                        "owner": self._owner,
+                    }
+                )
+                lane.recv()
+        except BaseException:
+            os.close(root_fd)
+            raise
         self._hardlinks: dict[tuple[int, int], tuple[bytes, ...]] = {}
         self._deferred_links: list[tuple[tuple[bytes, ...], Node, tuple[bytes, ...]]] = []
         self._dirs: list[tuple[tuple[bytes, ...], Node]] = []
         # Restored files, kept for --verify only (a node per file adds up).
         self._verify_files = request.verify
         self._files: list[tuple[tuple[bytes, ...], Node]] = []
-        self._window = _Window()
+        self._job: list[_File] = []
+        self._job_bytes = 0
+        self._in_flight: deque[Future[None]] = deque()
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="strongroom-restore") as pool:
+            with ThreadPoolExecutor(
+                self.workers + len(self._lanes),
+                thread_name_prefix="strongroom-restore",
+                initializer=self._bind_lane,
+            ) as pool:
                 self._pool = pool
                 try:
                     self._restore_tree(root_fd, (), tree_id)
-                    self._run_window()
+                    self._submit_job()
+                    self._wait_jobs(0)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
                     self._close_dir_fds()
@@ -429,13 +459,12 @@ class Restorer:
     # --- planning -------------------------------------------------------------------
 
     def _plan_file(self, parts: tuple[bytes, ...], node: Node) -> None:
-        """Note where each of the file's blobs is; fetch a window's worth at a time."""
-        window = self._window
-        blobs = [item for item in node.content if not isinstance(item, int)]
+        """Note where each of the file's blobs is; hand out a job's worth at a time."""
         if not isinstance(self.source, RepositorySource):
-            window.files.append(_File(parts, node, len(blobs), 0))  # sizes come with data
+            count = sum(1 for item in node.content if not isinstance(item, int))
+            file = _File(parts, node, [], 0, count)  # sizes come with the data
         else:
-            targets: list[tuple[bytes, BlobLocation, int]] = []
+            blobs: list[tuple[str, PackEntry, int]] = []
             offset = 0
             for item in node.content:
                 if isinstance(item, int):
@@ -445,34 +474,114 @@ class Restorer:
                 if loc is None or loc.type != DATA:
                     self._error(parts, f"not restored: blob {item.hex()[:16]} is not in the index")
                     return
-                targets.append((item, loc, offset))
+                blobs.append((loc.pack_id, loc.entry(item), offset))
                 offset += loc.raw_length
-            file = _File(parts, node, len(targets), offset)
-            window.files.append(file)
-            for bid, loc, at in targets:
-                wanted = window.packs.setdefault(loc.pack_id, {})
-                if bid in wanted:
-                    wanted[bid][1].append((file, at))
-                else:
-                    wanted[bid] = (loc.entry(bid), [(file, at)])
-        if len(window.files) >= WINDOW_FILES:
-            self._run_window()
+            file = _File(parts, node, blobs, offset)
+        self._job.append(file)
+        self._job_bytes += file.size
+        if len(self._job) >= JOB_FILES or self._job_bytes >= JOB_BYTES:
+            self._submit_job()
 
-    def _run_window(self) -> None:
-        window, self._window = self._window, _Window()
-        if not window.files:
-            return
-        futures: list[Future[None]] = []
-        if isinstance(self.source, RepositorySource):
-            for pack_id, wanted in window.packs.items():
-                futures.append(self._pool.submit(self._fetch_pack, self.source, pack_id, wanted))
-            empty = [f for f in window.files if not _has_data(f.node)]
-            if empty:
-                futures.append(self._pool.submit(self._write_empty, empty))
+    def _submit_job(self) -> None:
+        job, self._job, self._job_bytes = self._job, [], 0
+        if job:
+            self._wait_jobs(JOBS_AHEAD * (self.workers + len(self._lanes)) - 1)
+            self._in_flight.append(self._pool.submit(self._run_job, job))
+
+    def _wait_jobs(self, keep: int) -> None:
+        """Wait for the oldest jobs while more than ``keep`` are in flight."""
+        while len(self._in_flight) > keep:
+            self._in_flight.popleft().result()
+
+    def _bind_lane(self) -> None:
+        """Pool thread start: bind to a worker process, while any is unbound."""
+        with self._lock:
+            self._local.lane = self._free_lanes.pop() if self._free_lanes else None
+
+    def _run_job(self, files: list[_File]) -> None:
+        lane: Worker | None = getattr(self._local, "lane", None)
+        if lane is not None:
+            self._restore_remote(lane, files)
+        elif isinstance(self.source, RepositorySource):
+            self._restore_files(files)
         else:
-            futures = [self._pool.submit(self._fetch_file, file) for file in window.files]
-        for future in futures:
-            future.result()
+            for file in files:
+                self._fetch_file(file)
+
+    def _restore_files(self, files: list[_File]) -> None:
+        """Restore files of a repository: each pack they need read once, in order."""
+        assert isinstance(self.source, RepositorySource)
+        packs: dict[str, dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]]] = {}
+        for file in files:
+            if not file.blobs:
+                self._put(file, 0, None)
+            for pack_id, entry, at in file.blobs:
+                wanted = packs.setdefault(pack_id, {})
+                if entry.id in wanted:
+                    wanted[entry.id][1].append((file, at))
+                else:
+                    wanted[entry.id] = (entry, [(file, at)])
+        for pack_id, wanted in packs.items():
+            self._fetch_pack(self.source, pack_id, wanted)
+
+    def _restore_remote(self, lane: Worker, files: list[_File]) -> None:
+        """Have a worker process restore the files; take in what became of each."""
+        lane.send({"op": "restore", "files": [_file_job(file) for file in files]})
+        reply = lane.recv()
+        for file, (done, written) in zip(files, reply["files"], strict=True):
+            if done:
+                file.written = int(written)
+                self._finished(file)
+        with self._lock:
+            self._result.warnings += [str(w) for w in reply["warnings"]]
+            self._result.errors += [str(e) for e in reply["errors"]]
+        for warning in reply["warnings"]:
+            self.progress.warning(b"", str(warning))
+
+    def attach_target(self, path: bytes, identity: tuple[int, int], *, owner: bool) -> None:
+        """In a worker process: restore under the directory a parent opened (refused
+        unless ``path`` still is that directory)."""
+        try:
+            fd = os.open(path, DIR_FLAGS)
+        except OSError as e:
+            raise UsageError(f"cannot use target {os.fsdecode(path)}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != identity:
+            os.close(fd)
+            raise UsageError(f"target {os.fsdecode(path)} was replaced during the restore")
+        self._root_fd = fd
+        self._owner = owner
+        self._umask = _current_umask()
+        self._verify_files = False
+
+    def detach_target(self) -> None:
+        self._close_dir_fds()
+        if getattr(self, "_root_fd", None) is not None:
+            os.close(self._root_fd)
+            del self._root_fd
+
+    def restore_files(self, jobs: list[Any]) -> dict[str, Any]:
+        """Restore files a parent process planned (``_file_job``); what became of each,
+        and the warnings and errors they gave."""
+        files = [
+            _File(
+                tuple(bytes(p) for p in parts),
+                msgspec.msgpack.decode(node, type=Node),
+                [
+                    (str(pack), PackEntry(int(t), bytes(i), int(o), int(n), int(r), int(f)), at)
+                    for pack, t, i, o, n, r, f, at in blobs
+                ],
+                int(size),
+            )
+            for parts, node, size, blobs in jobs
+        ]
+        warned, erred = len(self._result.warnings), len(self._result.errors)
+        self._restore_files(files)
+        return {
+            "files": [(file.done, file.written) for file in files],
+            "warnings": self._result.warnings[warned:],
+            "errors": self._result.errors[erred:],
+        }
 
     # --- fetching -------------------------------------------------------------------
 
@@ -486,10 +595,6 @@ class Restorer:
         for entry, data in source.pack_blobs(pack_id, entries):
             for file, at in wanted[entry.id][1]:
                 self._put(file, at, data)
-
-    def _write_empty(self, files: list[_File]) -> None:
-        for file in files:
-            self._put(file, 0, None)
 
     def _fetch_file(self, file: _File) -> None:
         """A source without packs: the file's blobs one by one, in order, then the
@@ -573,6 +678,11 @@ class Restorer:
             # itself, never what it points to.
             os.rename(file.temp, file.parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             file.temp = None
+        self._finished(file)
+
+    def _finished(self, file: _File) -> None:
+        """Count a file restored (here, or by a worker process)."""
+        file.done = True
         with self._lock:
             self._result.files += 1
             self._result.bytes += file.written
@@ -653,7 +763,8 @@ class Restorer:
             self._pool = pool
             try:
                 self._plan_file(parts, node)
-                self._run_window()
+                self._submit_job()
+                self._wait_jobs(0)
             finally:
                 self._close_dir_fds()
 
@@ -770,6 +881,33 @@ class Restorer:
                 return False
             pos += len(data)
         return os.fstat(fd).st_size == pos
+
+
+def _jobs(files: list[_File]) -> Iterator[list[_File]]:
+    """Files in runs for one worker each: neighbours, whose blobs sit together."""
+    job: list[_File] = []
+    size = 0
+    for file in files:
+        job.append(file)
+        size += file.size
+        if len(job) >= JOB_FILES or size >= JOB_BYTES:
+            yield job
+            job, size = [], 0
+    if job:
+        yield job
+
+
+def _file_job(file: _File) -> list[Any]:
+    """A planned file as a worker process gets it."""
+    return [
+        list(file.parts),
+        msgspec.msgpack.encode(file.node),
+        file.size,
+        [
+            [pack, e.type, e.id, e.offset, e.length, e.raw_length, e.flags, at]
+            for pack, e, at in file.blobs
+        ],
+    ]
 
 
 def _has_data(node: Node) -> bool:

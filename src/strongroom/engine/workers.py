@@ -176,6 +176,24 @@ class Workers:
             worker.send(setup)
         return list(self.workers)
 
+    def for_restore(self, repo: Repository, url: str) -> list[Worker]:
+        """Set every worker up to restore files from ``repo`` (at ``url``); the
+        restorer then names the target. None when the repository is in memory."""
+        if not self.workers or url.startswith("memory:"):
+            return []
+        master = repo.master
+        setup = {
+            "op": "restore",
+            "encryption_key": master.encryption_key,
+            "id_key": master.id_key,
+            "seed": master.chunker_seed,
+            "config": msgspec.msgpack.encode(repo.config),
+            "url": url,
+        }
+        for worker in self.workers:
+            worker.send(setup)
+        return list(self.workers)
+
     def __enter__(self) -> Workers:
         return self
 
@@ -209,6 +227,8 @@ def _serve(channel: Channel) -> None:
     try:
         if setup.get("op") == "backup":
             _serve_backup(channel, setup)
+        elif setup.get("op") == "restore":
+            _serve_restore(channel, setup)
     except StrongroomError as e:
         channel.send({"op": "failed", "message": str(e), "exit_code": e.exit_code})
     except Exception as e:  # a bug: the parent says so, with what we know
@@ -247,6 +267,30 @@ def _serve_backup(channel: Channel, setup: dict[str, Any]) -> None:
                 channel.send({"op": "discarded"})
     finally:
         sink.discard()
+
+
+def _serve_restore(channel: Channel, setup: dict[str, Any]) -> None:
+    from strongroom.engine.restorer import Restorer
+    from strongroom.repository.codec import decode_as
+    from strongroom.repository.repository import RepoConfig
+
+    master = MasterKey(setup["encryption_key"], setup["id_key"], setup["seed"])
+    config = decode_as(setup["config"], RepoConfig, "config", "config")
+    restorer = Restorer(Repository(open_backend(setup["url"]), master, config, ""))
+    try:
+        while (message := channel.recv()) is not None:
+            op = message.get("op")
+            if op == "target":
+                restorer.attach_target(
+                    bytes(message["path"]),
+                    (int(message["device"]), int(message["inode"])),
+                    owner=bool(message["owner"]),
+                )
+                channel.send({"op": "ready"})
+            elif op == "restore":
+                channel.send({"op": "restored", **restorer.restore_files(message["files"])})
+    finally:
+        restorer.detach_target()
 
 
 class ChildSink:

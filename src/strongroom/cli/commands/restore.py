@@ -8,6 +8,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.engine.restorer import Restorer, RestoreRequest, RestoreResult
+from strongroom.engine.workers import Workers, worker_processes
 from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS
 from strongroom.repository import Repository, Snapshot
 
@@ -37,14 +38,19 @@ def restore_command(
 ) -> int:
     """Restore a snapshot; original absolute paths are recreated under --target."""
     request = RestoreRequest(target, includes, excludes, verify)
-    with app.open_repository(purpose="restore") as repo:
+    url, _ = app.repository_target()
+    # Worker processes are forked first, before any thread starts.
+    count = 0 if to_client else worker_processes()
+    with Workers(count) as workers, app.open_repository(purpose="restore") as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
         where = f" on {to_client}" if to_client else ""
         app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}{where}")
         if to_client:
             result = _restore_on_client(app, repo, snap, to_client, request)
         else:
-            result = Restorer(repo).restore(snap, request)
+            lanes = workers.for_restore(repo, url)
+            threads = max(1, (os.cpu_count() or 1) - len(lanes))
+            result = Restorer(repo, workers=threads, lanes=lanes).restore(snap, request)
     for w in result.warnings:
         app.warn(w)
         app.json_line("warning", message=w)
