@@ -293,6 +293,9 @@ class Measurement:
     cpu_user_s: float | None = None
     cpu_sys_s: float | None = None
     max_rss_kib: int | None = None
+    # Peak of the summed PSS of the tool's processes (a forked worker shares pages with
+    # its parent: adding RSS up would count them twice), sampled every PSS_INTERVAL.
+    peak_pss_kib: int | None = None
     repo_apparent_bytes: int | None = None
     repo_allocated_bytes: int | None = None
     stdout_log: str | None = None
@@ -314,6 +317,51 @@ class ChildResult:
     wall_s: float
     usage: Any  # resource.struct_rusage from os.wait4
     timed_out: bool
+    peak_pss_kib: int | None = None
+
+
+PSS_INTERVAL = 0.05
+
+
+def group_pss_kib(pgid: int) -> int:
+    """The summed PSS of the processes in a process group (KiB)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != pgid:  # the 5th field of stat: the process group
+                continue
+            with open(f"/proc/{entry.name}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+class PssSampler(threading.Thread):
+    """Samples the summed PSS of a process group until stopped; keeps the peak."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(daemon=True)
+        self.pgid = pgid
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, group_pss_kib(self.pgid))
+            self._stop_event.wait(PSS_INTERVAL)
+
+    def stop(self) -> int | None:
+        self._stop_event.set()
+        self.join()
+        return self.peak or None
 
 
 def run_child(
@@ -340,6 +388,8 @@ def run_child(
 
         timer = threading.Timer(timeout, kill)
         timer.start()
+        sampler = PssSampler(proc.pid)  # its own session: the group id is its pid
+        sampler.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -348,9 +398,10 @@ def run_child(
             raise
         finally:
             timer.cancel()
+            peak_pss = sampler.stop()
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by us, not by Popen
-    return ChildResult(proc.returncode, wall, usage, timed_out.is_set())
+    return ChildResult(proc.returncode, wall, usage, timed_out.is_set(), peak_pss)
 
 
 def log_paths(log_base: Path) -> tuple[Path, Path]:
@@ -663,6 +714,7 @@ def run_step(tool: Tool, step: Step, ctx: Context, env: dict[str, str]) -> Measu
         cpu_user_s=usage.ru_utime,
         cpu_sys_s=usage.ru_stime,
         max_rss_kib=usage.ru_maxrss,  # KiB on Linux
+        peak_pss_kib=child.peak_pss_kib,
         stdout_log=str(out),
         stderr_log=str(err),
         load_before=load,
@@ -728,7 +780,8 @@ def print_progress(m: Measurement) -> None:
         return
     print(
         f"  [{m.tool}] {m.title}: {m.wall_s:.2f} s wall, {fmt_cpu(m)} s CPU, "
-        f"{fmt_rss(m.max_rss_kib)} RSS, repo {fmt_mib(m.repo_apparent_bytes)} "
+        f"{fmt_rss(m.max_rss_kib)} RSS, {fmt_rss(m.peak_pss_kib)} PSS, "
+        f"repo {fmt_mib(m.repo_apparent_bytes)} "
         f"[{m.status}]{' - ' + m.note if m.note else ''}",
         flush=True,
     )
@@ -766,7 +819,14 @@ METRICS = [
     Metric("Wall time (s)", lambda m: m.wall_s, lambda v: f"{v:.2f}"),
     Metric("CPU time, user+sys (s)", lambda m: m.cpu_s, lambda v: f"{v:.1f}"),
     Metric(
-        "Peak RSS of the tool process (MiB)", lambda m: m.max_rss_kib, lambda v: f"{v / 1024:,.0f}"
+        "Peak RSS of the largest process (MiB; ru_maxrss)",
+        lambda m: m.max_rss_kib,
+        lambda v: f"{v / 1024:,.0f}",
+    ),
+    Metric(
+        "Peak memory of all the tool's processes (MiB; summed PSS, sampled every 50 ms)",
+        lambda m: m.peak_pss_kib,
+        lambda v: f"{v / 1024:,.0f}",
     ),
     Metric(
         "Repository size after the step (bytes, apparent: sum of st_size of its files)",
@@ -806,6 +866,7 @@ DETAIL_COLUMNS = [
     ("user s", "---:"),
     ("sys s", "---:"),
     ("RSS MiB", "---:"),
+    ("PSS MiB", "---:"),
     ("repo apparent B", "---:"),
     ("repo allocated B", "---:"),
     ("note", "---"),
@@ -827,6 +888,7 @@ def detail_table(results: dict[str, list[Measurement]]) -> str:
                     f"{m.cpu_user_s:.1f}" if m.cpu_user_s is not None else "-",
                     f"{m.cpu_sys_s:.1f}" if m.cpu_sys_s is not None else "-",
                     f"{m.max_rss_kib / 1024:,.0f}" if m.max_rss_kib is not None else "-",
+                    f"{m.peak_pss_kib / 1024:,.0f}" if m.peak_pss_kib is not None else "-",
                     f"{m.repo_apparent_bytes:,}" if m.repo_apparent_bytes is not None else "-",
                     f"{m.repo_allocated_bytes:,}" if m.repo_allocated_bytes is not None else "-",
                     m.note.replace("|", "\\|"),
@@ -909,7 +971,10 @@ def render_markdown(r: Report) -> str:
         + "; per step in the detail table. Other work on the machine inflates wall times; "
         "CPU time and RSS are less sensitive to it.",
         "- Peak RSS and CPU: `os.wait4` rusage of the tool's process (and any children it "
-        "waited for); the harness is not counted. Repository size: apparent (sum of st_size); "
+        "waited for; RSS is then the largest process's); the harness is not counted. Peak "
+        "memory of all processes: the summed PSS (proportional set size, so pages a forked "
+        "worker shares with its parent count once) of the tool's process group, sampled "
+        "every 50 ms. Repository size: apparent (sum of st_size); "
         "the allocated size (st_blocks*512) is in the detail table and JSON. Caches "
         "(restic/borg/strongroom) live outside the repository and are not counted.",
         "- Settings: strongroom real KDF (no STRONGROOM_INSECURE_TEST_KDF); restic default "
