@@ -6,8 +6,6 @@ import errno
 import os
 import secrets
 import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from strongroom.backend.base import (
     TransientError,
     validate_name,
 )
+from strongroom.fdcache import ThreadFdCache
 
 TEMP_PREFIX = ".tmp-"
 FD_CACHE_PER_THREAD = 8
@@ -42,7 +41,7 @@ class LocalBackend:
         self.root = Path(root)
         self.location = str(self.root)
         self._known_dirs: set[Path] = set()
-        self._fds: dict[int, OrderedDict[str, int]] = {}
+        self._fds = ThreadFdCache(FD_CACHE_PER_THREAD)
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -99,19 +98,7 @@ class LocalBackend:
         """A descriptor for ranged reads, kept open per thread: restores read many
         blobs from the same pack. Objects are immutable, so a cached descriptor never
         sees other content; a removed object stays readable until it is closed."""
-        me = threading.get_ident()
-        cache = self._fds.get(me)
-        if cache is None:
-            cache = self._fds[me] = OrderedDict()
-        fd = cache.get(name)
-        if fd is not None:
-            cache.move_to_end(name)
-            return fd
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        cache[name] = fd
-        if len(cache) > FD_CACHE_PER_THREAD:
-            os.close(cache.popitem(last=False)[1])
-        return fd
+        return self._fds.get(name, lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
     def stat(self, name: str) -> ObjectInfo:
         try:
@@ -165,10 +152,7 @@ class LocalBackend:
             raise _translate(e, f"removing {name}") from e
 
     def close(self) -> None:
-        for cache in self._fds.values():
-            for fd in cache.values():
-                os.close(fd)
-        self._fds.clear()
+        self._fds.close()
 
 
 class _LocalStaged:

@@ -21,7 +21,7 @@ import itertools
 import os
 import stat
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from strongroom.backend import ObjectNotFound
 from strongroom.engine.walk import load_tree
 from strongroom.engine.workers import Worker
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
+from strongroom.fdcache import ThreadFdCache
 from strongroom.repository import DATA, Node, Repository, Snapshot
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.index import BlobLocation
@@ -259,7 +260,7 @@ class Restorer:
         self._owner = os.geteuid() == 0
         self._temp_names = itertools.count()
         # Each worker thread's open directories (thread id -> parts -> fd).
-        self._dir_fds: dict[int, OrderedDict[tuple[bytes, ...], int]] = {}
+        self._dir_fds = ThreadFdCache(DIR_CACHE)
         # Worker processes set up for this restore: each takes jobs through a thread of
         # the pool bound to it.
         self._lanes = list(lanes)
@@ -707,25 +708,10 @@ class Restorer:
 
     def _dir_fd(self, parts: tuple[bytes, ...]) -> int:
         """This thread's descriptor for a directory of the target (a few kept open)."""
-        me = threading.get_ident()
-        cache = self._dir_fds.get(me)
-        if cache is None:
-            cache = self._dir_fds[me] = OrderedDict()
-        fd = cache.get(parts)
-        if fd is not None:
-            cache.move_to_end(parts)
-            return fd
-        fd = open_dir_chain(self._root_fd, parts)
-        cache[parts] = fd
-        if len(cache) > DIR_CACHE:
-            os.close(cache.popitem(last=False)[1])
-        return fd
+        return self._dir_fds.get(parts, lambda: open_dir_chain(self._root_fd, parts))
 
     def _close_dir_fds(self) -> None:
-        for cache in self._dir_fds.values():
-            for fd in cache.values():
-                os.close(fd)
-        self._dir_fds.clear()
+        self._dir_fds.close()
 
     def _link(
         self, root_fd: int, parts: tuple[bytes, ...], node: Node, first: tuple[bytes, ...]

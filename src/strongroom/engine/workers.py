@@ -22,13 +22,15 @@ from typing import IO, Any
 
 import msgspec
 
-from strongroom.backend import Backend, open_backend
+from strongroom.backend import open_backend
 from strongroom.clock import SystemClock
 from strongroom.engine.sink import Stored
 from strongroom.errors import StrongroomError
-from strongroom.repository import Chunker, ChunkerParams, Repository, Snapshot
+from strongroom.repository import Chunker, Repository, Snapshot
+from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey
 from strongroom.repository.pack import PackEntry, PackWriter, pack_name
+from strongroom.repository.repository import RepoConfig
 
 _LENGTH = struct.Struct("<I")
 _encoder = msgspec.msgpack.Encoder()
@@ -158,36 +160,23 @@ class Workers:
     def for_backup(self, repo: Repository, url: str) -> list[Worker]:
         """Set every worker up to back up files into ``repo`` (at ``url``); none when
         the repository lives in this process's memory."""
-        if not self.workers or url.startswith("memory:"):
-            return []
-        master = repo.master
-        params = repo.chunker_params
-        setup = {
-            "op": "backup",
-            "encryption_key": master.encryption_key,
-            "id_key": master.id_key,
-            "seed": master.chunker_seed,
-            "chunker": [params.min_size, params.avg_size, params.max_size],
-            "compression": repo.config.compression_level,
-            "pack_size": repo.pack_target_size,
-            "url": url,
-        }
-        for worker in self.workers:
-            worker.send(setup)
-        return list(self.workers)
+        return self._set_up("backup", repo, url)
 
     def for_restore(self, repo: Repository, url: str) -> list[Worker]:
         """Set every worker up to restore files from ``repo`` (at ``url``); the
         restorer then names the target. None when the repository is in memory."""
+        return self._set_up("restore", repo, url)
+
+    def _set_up(self, op: str, repo: Repository, url: str) -> list[Worker]:
         if not self.workers or url.startswith("memory:"):
             return []
-        master = repo.master
         setup = {
-            "op": "restore",
-            "encryption_key": master.encryption_key,
-            "id_key": master.id_key,
-            "seed": master.chunker_seed,
+            "op": op,
+            "encryption_key": repo.master.encryption_key,
+            "id_key": repo.master.id_key,
+            "seed": repo.master.chunker_seed,
             "config": msgspec.msgpack.encode(repo.config),
+            "pack_size": repo.pack_target_size,
             "url": url,
         }
         for worker in self.workers:
@@ -237,19 +226,22 @@ def _serve(channel: Channel) -> None:
         )
 
 
+def _repository(setup: dict[str, Any]) -> Repository:
+    """The parent's repository, opened from its setup message (no index: the parent
+    decides what is stored)."""
+    master = MasterKey(setup["encryption_key"], setup["id_key"], setup["seed"])
+    config = decode_as(setup["config"], RepoConfig, "config", "config")
+    repo = Repository(open_backend(setup["url"]), master, config, "")
+    repo.pack_target_size = int(setup["pack_size"])
+    return repo
+
+
 def _serve_backup(channel: Channel, setup: dict[str, Any]) -> None:
     from strongroom.engine.archiver import Archiver
     from strongroom.engine.files_cache import FilesCache
 
-    master = MasterKey(setup["encryption_key"], setup["id_key"], setup["seed"])
-    sink = ChildSink(
-        channel,
-        open_backend(setup["url"]),
-        master,
-        ChunkerParams(*setup["chunker"]),
-        setup["compression"],
-        setup["pack_size"],
-    )
+    repo = _repository(setup)
+    sink = ChildSink(channel, repo)
     archiver = Archiver(None, SystemClock(), FilesCache(None), sink=sink, workers=1)
     try:
         while (message := channel.recv()) is not None:
@@ -271,12 +263,8 @@ def _serve_backup(channel: Channel, setup: dict[str, Any]) -> None:
 
 def _serve_restore(channel: Channel, setup: dict[str, Any]) -> None:
     from strongroom.engine.restorer import Restorer
-    from strongroom.repository.codec import decode_as
-    from strongroom.repository.repository import RepoConfig
 
-    master = MasterKey(setup["encryption_key"], setup["id_key"], setup["seed"])
-    config = decode_as(setup["config"], RepoConfig, "config", "config")
-    restorer = Restorer(Repository(open_backend(setup["url"]), master, config, ""))
+    restorer = Restorer(_repository(setup))
     try:
         while (message := channel.recv()) is not None:
             op = message.get("op")
@@ -297,26 +285,14 @@ class ChildSink:
     """A BlobSink in a worker process: claims are the parent's to decide, packs are
     written here and reported to the parent once published."""
 
-    def __init__(
-        self,
-        channel: Channel,
-        backend: Backend,
-        master: MasterKey,
-        params: ChunkerParams,
-        level: int,
-        pack_size: int,
-    ) -> None:
+    def __init__(self, channel: Channel, repo: Repository) -> None:
         self._channel = channel
-        self._backend = backend
-        self._master = master
-        self._params = params
-        self._level = level
-        self._pack_size = pack_size
-        self.id_key = master.id_key
+        self._repo = repo
+        self.id_key = repo.master.id_key
         self._writer: PackWriter | None = None
 
     def new_chunker(self) -> Chunker:
-        return Chunker(self._params, self._master.chunker_seed)
+        return self._repo.chunker()
 
     def known(self, bid: bytes) -> bool:
         raise NotImplementedError("the files cache is the parent's")
@@ -337,9 +313,9 @@ class ChildSink:
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:
         if self._writer is None:
-            self._writer = PackWriter(self._master, self._level, self._backend.stage("data/"))
+            self._writer = self._repo.new_pack_writer(staged=True)
         entry = self._writer.add(blob_type, bid, data, compressed=compressed)
-        if self._writer.size >= self._pack_size:
+        if self._writer.size >= self._repo.pack_target_size:
             self._publish()
         return Stored(entry.raw_length, entry.length)
 
