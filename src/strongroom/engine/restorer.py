@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -261,6 +261,8 @@ class Restorer:
         self._temp_names = itertools.count()
         # Each worker thread's open directories (thread id -> parts -> fd).
         self._dir_fds = ThreadFdCache(DIR_CACHE)
+        self._setgid: dict[tuple[bytes, ...], bool] = {}
+        self._ids = (os.geteuid(), os.getegid())  # the owner new files get
         # Worker processes set up for this restore: each takes jobs through a thread of
         # the pool bound to it.
         self._lanes = list(lanes)
@@ -669,7 +671,8 @@ class Restorer:
         try:
             if file.size > file.written:
                 os.ftruncate(fd, file.size)  # holes at the end
-            self._set_metadata(file.parts, file.node, fd=fd, created_mode=file.temp is None)
+            created = file.temp is None and not self._setgid_dir(file.parts[:-1])
+            self._set_metadata(file.parts, file.node, fd=fd, created=created)
         finally:
             os.close(fd)
             file.fd = None
@@ -705,6 +708,15 @@ class Restorer:
             self._warn(file.parts, message)
         else:
             self._error(file.parts, message)
+
+    def _setgid_dir(self, parts: tuple[bytes, ...]) -> bool:
+        """Whether a target directory has the setgid bit (new files then take its group)."""
+        setgid = self._setgid.get(parts)
+        if setgid is None:
+            setgid = self._setgid[parts] = bool(
+                os.fstat(self._dir_fd(parts)).st_mode & stat.S_ISGID
+            )
+        return setgid
 
     def _dir_fd(self, parts: tuple[bytes, ...]) -> int:
         """This thread's descriptor for a directory of the target (a few kept open)."""
@@ -764,60 +776,53 @@ class Restorer:
         fd: int | None = None,
         dir_fd: int | None = None,
         name: bytes | None = None,
-        created_mode: bool = False,
+        created: bool = False,
     ) -> None:
         """Owner, xattrs, mode and times, through ``fd`` or ``name`` in ``dir_fd``.
 
         Each step is tried on its own: a refused xattr must not cost the mode and times.
         Hostile values (a negative uid, an absurd mode) give warnings, never a crash.
-        ``created_mode``: the file was created with its permission bits (less the umask).
+        ``created``: a file this restore just created with its permission bits (less
+        the umask) in a directory without setgid, so it is ours, in our group.
         """
         assert fd is not None or name is not None
-
-        def owner() -> None:
-            if fd is not None:
-                os.fchown(fd, node.uid, node.gid)
-            else:
-                os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
-
-        def mode() -> None:
-            if fd is not None:
-                os.fchmod(fd, node.mode)
-            else:
-                os.chmod(name, node.mode, dir_fd=dir_fd)  # type: ignore[arg-type]
-
-        def times() -> None:
-            ns = (node.atime_ns or node.mtime_ns, node.mtime_ns)
+        if self._owner and not (created and (node.uid, node.gid) == self._ids):
+            try:
+                if fd is not None:
+                    os.fchown(fd, node.uid, node.gid)
+                else:
+                    os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+            except (OSError, OverflowError, ValueError, TypeError) as e:
+                self._metadata_warning(parts, "owner", e)
+        if fd is not None:
+            for key, value in node.xattrs:
+                try:
+                    os.setxattr(fd, key, value)
+                except (OSError, OverflowError, ValueError, TypeError) as e:
+                    self._metadata_warning(parts, f"xattr {key!r}", e)
+        # Linux has no mode for symlinks. A file created with its mode needs no chmod
+        # unless the umask took bits away, or it has setuid/setgid/sticky bits (which a
+        # chown clears, and open never sets).
+        if node.type != SYMLINK and not (created and node.mode == node.mode & 0o777 & ~self._umask):
+            try:
+                if fd is not None:
+                    os.fchmod(fd, node.mode)
+                else:
+                    os.chmod(name, node.mode, dir_fd=dir_fd)  # type: ignore[arg-type]
+            except (OSError, OverflowError, ValueError, TypeError) as e:
+                self._metadata_warning(parts, "mode", e)
+        ns = (node.atime_ns or node.mtime_ns, node.mtime_ns)
+        try:
             if fd is not None:
                 os.utime(fd, ns=ns)
             else:
                 os.utime(name, ns=ns, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+        except (OSError, OverflowError, ValueError, TypeError) as e:
+            self._metadata_warning(parts, "times", e)
 
-        def xattr(key: bytes, value: bytes) -> Callable[[], None]:
-            assert fd is not None
-            return lambda: os.setxattr(fd, key, value)
-
-        steps: list[tuple[str, Callable[[], None]]] = []
-        if self._owner:
-            steps.append(("owner", owner))
-        if fd is not None:
-            steps += [(f"xattr {k!r}", xattr(k, v)) for k, v in node.xattrs]
-        # Linux has no mode for symlinks. A file created with its mode needs no chmod
-        # unless the umask took bits away, or it has setuid/setgid/sticky bits (which a
-        # chown clears, and open never sets).
-        if node.type != SYMLINK and not (
-            created_mode
-            and node.mode == node.mode & 0o777 & ~self._umask
-            and not (self._owner and node.mode & 0o6000)
-        ):
-            steps.append(("mode", mode))
-        steps.append(("times", times))
-        for what, step in steps:
-            try:
-                step()
-            except (OSError, OverflowError, ValueError, TypeError) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                self._warn(parts, f"cannot restore {what}: {reason}")
+    def _metadata_warning(self, parts: tuple[bytes, ...], what: str, e: Exception) -> None:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        self._warn(parts, f"cannot restore {what}: {reason}")
 
     def _set_dir_metadata(self, root_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
         try:
