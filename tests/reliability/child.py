@@ -6,9 +6,11 @@ child.py backup --repo R --client C [--pack-size N] [--checkpoint-packs K]
     reaches STEP (pack-written, index-written, before-snapshot, snapshot-written).
     Uses the files cache the CLI would use, so the next CLI backup sees what it left.
 
-child.py cli [--pack-size N] [--checkpoint-packs K] -- ARGS...
+child.py cli [--pack-size N] [--checkpoint-packs K] [--trace-workers FILE] -- ARGS...
     The real CLI (strongroom.cli.main.main) with smaller packs and index
-    checkpoints, so a backup of a few MB passes through many states.
+    checkpoints, so a backup of a few MB passes through many states. With
+    --trace-workers, each worker process appends a JSON line to FILE per batch it
+    backed up and per failure it reported (see _trace_workers).
 
 child.py nonces --forks F --ciphers C --blobs B
     Encrypt in this process and in F forked children; print every (salt, nonce)
@@ -84,8 +86,55 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_workers(path: str) -> None:
+    """Have worker processes say what they did: one JSON line appended to ``path`` per
+    batch a worker backed up ({"op": "batch", "pid", "files", "warnings"}) and per
+    error it ended with ({"op": "failed", "pid", "error"}). Only records: the batches
+    and their outcomes are the worker's own. Patched before the workers are forked."""
+    import json
+
+    from strongroom.engine import archiver, workers
+
+    try:
+        read_files = archiver.Archiver.read_files
+        serve_backup = workers._serve_backup
+    except AttributeError as e:
+        raise SystemExit(f"child.py: {e}; update _trace_workers") from None
+
+    def record(entry: dict[str, object]) -> None:
+        line = json.dumps({"pid": os.getpid(), **entry}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())  # one write: lines of processes never mix
+        finally:
+            os.close(fd)
+
+    def traced_read_files(self, files):  # type: ignore[no-untyped-def]
+        outcome = read_files(self, files)
+        record(
+            {
+                "op": "batch",
+                "files": [os.fsdecode(f[0]) for f in files],
+                "warnings": [[os.fsdecode(p), m] for p, m in outcome["warnings"]],
+            }
+        )
+        return outcome
+
+    def traced_serve_backup(channel, setup):  # type: ignore[no-untyped-def]
+        try:
+            serve_backup(channel, setup)
+        except BaseException as e:
+            record({"op": "failed", "error": f"{type(e).__name__}: {e}"})
+            raise
+
+    archiver.Archiver.read_files = traced_read_files  # type: ignore[method-assign]
+    workers._serve_backup = traced_serve_backup
+
+
 def cmd_cli(args: argparse.Namespace) -> int:
     _patch(args.pack_size, args.checkpoint_packs)
+    if args.trace_workers:
+        _trace_workers(args.trace_workers)
     from strongroom.cli.main import main
 
     sys.argv = ["strongroom", *args.rest]
@@ -155,6 +204,7 @@ def main() -> int:
     c = sub.add_parser("cli")
     c.add_argument("--pack-size", type=int)
     c.add_argument("--checkpoint-packs", type=int)
+    c.add_argument("--trace-workers", metavar="FILE")
     c.add_argument("rest", nargs=argparse.REMAINDER)
     n = sub.add_parser("nonces")
     n.add_argument("--forks", type=int, default=8)
