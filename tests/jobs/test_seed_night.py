@@ -60,7 +60,11 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / "srv" / client).mkdir(parents=True)
         (tmp_path / "srv" / client / "data.txt").write_text(f"{client} data\n" * 200)
     pager = tmp_path / "page-oncall"
-    pager.write_text(f'#!/bin/sh\n{{ cat; echo; }} >> "{tmp_path}/pages.jsonl"\n')
+    # Runs deliver their pages concurrently: one page at a time, or two interleave.
+    pager.write_text(
+        f'#!/bin/sh\nexec flock "{tmp_path}/pages.lock" '
+        f"sh -c '{{ cat; echo; }} >> \"{tmp_path}/pages.jsonl\"'\n"
+    )
     pager.chmod(0o755)
     return tmp_path
 

@@ -120,9 +120,9 @@ def _trace_workers(path: str) -> None:
         )
         return outcome
 
-    def traced_serve_backup(channel, setup):  # type: ignore[no-untyped-def]
+    def traced_serve_backup(channel, setup, clock):  # type: ignore[no-untyped-def]
         try:
-            serve_backup(channel, setup)
+            serve_backup(channel, setup, clock)
         except BaseException as e:
             record({"op": "failed", "error": f"{type(e).__name__}: {e}"})
             raise

@@ -586,11 +586,7 @@ def test_full_disk_in_a_worker_is_reported_as_in_process(
         assert bool(workers) == any(t["op"] == "failed" for t in run.trace), run.trace
         shutil.rmtree(repo)
     assert errors[0]["hint"] == StorageFull.hint
-    # PRODUCT BUG (a worker's error loses its hint): the worker sends only its error's
-    # message and exit code ({"op": "failed"} in engine/workers.py `_serve`), and the
-    # parent raises WorkerFailed, whose hint is the class default "": stderr and the
-    # JSON error lose "free space on the repository's storage, then run the command
-    # again" (and the error's details). Fails until the hint travels with the error.
+    # The worker's error travels whole: message, exit code, hint and details.
     assert errors[1] == errors[0], f"with a worker: {errors[1]}\nin-process: {errors[0]}"
 
 
@@ -866,6 +862,7 @@ def test_identical_files_across_processes_are_stored_once(tmp_path: Path, worker
 FORK_GUARD = textwrap.dedent(
     """
     import json, os, threading
+    from strongroom.clock import SystemClock
     from strongroom.engine.workers import Workers
 
     def children():
@@ -881,7 +878,7 @@ FORK_GUARD = textwrap.dedent(
         return found
 
     result = {"threads_at_start": threading.active_count()}
-    with Workers(1) as alone:  # one thread: the worker is forked
+    with Workers(1, SystemClock()) as alone:  # one thread: the worker is forked
         result["alone"] = len(alone.workers)
         result["children_alone"] = len(children())
     result["children_after_close"] = len(children())
@@ -889,7 +886,7 @@ FORK_GUARD = textwrap.dedent(
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
-    with Workers(1) as beside:  # a second thread: nothing is forked
+    with Workers(1, SystemClock()) as beside:  # a second thread: nothing is forked
         result["beside_a_thread"] = len(beside.workers)
         result["children_beside_a_thread"] = len(children())
     stop.set()

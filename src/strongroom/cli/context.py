@@ -124,6 +124,18 @@ class App:
             hint="set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or STRONGROOM_PASSWORD_COMMAND",
         )
 
+    def worker_processes(self) -> int:
+        """How many worker processes a backup or restore forks: one per core beyond
+        the first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps it in one process)."""
+        given = os.environ.get("STRONGROOM_WORKER_PROCESSES", "").strip()
+        if given:
+            if not given.isdigit():
+                raise UsageError(
+                    f"STRONGROOM_WORKER_PROCESSES={given!r}: give a whole number (0 or more)"
+                )
+            return int(given)
+        return max(0, (os.cpu_count() or 1) - 1)
+
     def kdf(self) -> KdfParams:
         # For test suites only: makes key derivation instant and key files weak.
         if os.environ.get("STRONGROOM_INSECURE_TEST_KDF") == "1":

@@ -153,6 +153,8 @@ def run(argv: list[str]) -> int:
             import traceback
 
             traceback.print_exc()
+            if isinstance(worker_trace := e.details.get("traceback"), str):
+                click.echo(f"in the worker process:\n{worker_trace}", err=True)
         _report(str(e), e.hint, e.exit_code, json_mode)
         return e.exit_code
     except click.exceptions.Exit as e:

@@ -358,13 +358,14 @@ class Archiver:
         batch.future = self._pool.submit(self._run_batch, batch)
         self._in_flight.append(batch.future)
 
-    def _bind_lane(self) -> None:
-        """Pool thread start: bind to a worker process, while any is unbound."""
-        with self._stats.lock:
-            self._local.lane = self._free_lanes.pop() if self._free_lanes else None
-
     def _run_batch(self, batch: _Batch) -> _Counts:
-        lane: Worker | None = getattr(self._local, "lane", None)
+        """Back up a batch on this thread, or through the worker process it serves: a
+        pool thread takes a worker, while any is free, when it gets its first batch
+        (not before: a stream's reader must not hold one)."""
+        if not hasattr(self._local, "lane"):
+            with self._stats.lock:
+                self._local.lane = self._free_lanes.pop() if self._free_lanes else None
+        lane: Worker | None = self._local.lane
         return self._read_batch(batch) if lane is None else self._read_remote(lane, batch)
 
     def _read_remote(self, lane: Worker, batch: _Batch) -> _Counts:
@@ -717,9 +718,8 @@ class Archiver:
             raise ValueError("the scanner was started for another backup request")
         try:
             with ThreadPoolExecutor(
-                self.workers + len(self._lanes),
+                self.workers + len(self._lanes) + len(request.streams),
                 thread_name_prefix="strongroom-file",
-                initializer=self._bind_lane,
             ) as pool:
                 self._pool = pool
                 try:

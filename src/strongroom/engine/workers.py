@@ -17,13 +17,14 @@ import os
 import signal
 import struct
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import IO, Any
 
 import msgspec
 
 from strongroom.backend import open_backend
-from strongroom.clock import SystemClock
+from strongroom.clock import Clock
 from strongroom.engine.sink import Stored
 from strongroom.errors import StrongroomError
 from strongroom.repository import Chunker, Repository, Snapshot
@@ -38,21 +39,29 @@ _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 PR_SET_PDEATHSIG = 1
 
 
-def worker_processes() -> int:
-    """How many worker processes a backup or restore forks: one per core beyond the
-    first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps everything in-process)."""
-    given = os.environ.get("STRONGROOM_WORKER_PROCESSES")
-    if given is not None and given.strip().isdigit():
-        return int(given)
-    return max(0, (os.cpu_count() or 1) - 1)
-
-
 class WorkerFailed(StrongroomError):
-    """A worker process reported an error (with its exit code), or died."""
+    """A worker process reported an error (with its exit code and hint), or died."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        exit_code: int,
+        *,
+        hint: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, details=details)
         self.exit_code = exit_code
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> WorkerFailed:
+        details = message.get("details")
+        return cls(
+            str(message.get("message")),
+            int(message.get("exit_code", 1)),
+            hint=str(message.get("hint") or ""),
+            details=details if isinstance(details, dict) else None,
+        )
 
 
 class Channel:
@@ -109,9 +118,7 @@ class Worker:
         if message is None:
             self.failure = WorkerFailed("a worker process ended unexpectedly", 1)
         elif message.get("op") == "failed":
-            self.failure = WorkerFailed(
-                str(message.get("message")), int(message.get("exit_code", 1))
-            )
+            self.failure = WorkerFailed.from_message(message)
         else:
             return message
         raise self.failure
@@ -131,9 +138,11 @@ class Worker:
 class Workers:
     """Worker processes forked now, while this process has one thread."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, clock: Clock) -> None:
+        """Fork ``count`` workers (none if this process already has a second thread);
+        they keep ``clock`` for the files they back up."""
         self.workers: list[Worker] = []
-        if count <= 0 or not hasattr(os, "fork") or threading.active_count() > 1:
+        if count <= 0 or not hasattr(os, "fork") or _threads() > 1:
             return
         for _ in range(count):
             to_child = os.pipe()
@@ -147,7 +156,8 @@ class Workers:
                             os.close(fd)
                     os.close(to_child[1])
                     os.close(from_child[0])
-                    _serve(Channel(os.fdopen(to_child[0], "rb"), os.fdopen(from_child[1], "wb")))
+                    channel = Channel(os.fdopen(to_child[0], "rb"), os.fdopen(from_child[1], "wb"))
+                    _serve(channel, clock)
                 except BaseException:
                     code = 1
                 finally:
@@ -195,6 +205,14 @@ class Workers:
         self.workers = []
 
 
+def _threads() -> int:
+    """This process's threads, as the kernel counts them (C threads too)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 # --- the child's side -----------------------------------------------------------------
 
 
@@ -206,7 +224,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: the worker still ends when its input closes
 
 
-def _serve(channel: Channel) -> None:
+def _serve(channel: Channel, clock: Clock) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; EOF ends us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -215,14 +233,28 @@ def _serve(channel: Channel) -> None:
         return
     try:
         if setup.get("op") == "backup":
-            _serve_backup(channel, setup)
+            _serve_backup(channel, setup, clock)
         elif setup.get("op") == "restore":
             _serve_restore(channel, setup)
     except StrongroomError as e:
-        channel.send({"op": "failed", "message": str(e), "exit_code": e.exit_code})
-    except Exception as e:  # a bug: the parent says so, with what we know
         channel.send(
-            {"op": "failed", "message": f"worker: {type(e).__name__}: {e}", "exit_code": 1}
+            {
+                "op": "failed",
+                "message": str(e),
+                "exit_code": e.exit_code,
+                "hint": e.hint,
+                "details": e.details,
+            }
+        )
+    except Exception as e:  # a bug: the parent reports it as one, with our traceback
+        channel.send(
+            {
+                "op": "failed",
+                "message": f"internal error in a worker process: {type(e).__name__}: {e}",
+                "exit_code": 1,
+                "hint": "rerun with -v for a traceback and report it",
+                "details": {"traceback": traceback.format_exc()},
+            }
         )
 
 
@@ -236,13 +268,13 @@ def _repository(setup: dict[str, Any]) -> Repository:
     return repo
 
 
-def _serve_backup(channel: Channel, setup: dict[str, Any]) -> None:
+def _serve_backup(channel: Channel, setup: dict[str, Any], clock: Clock) -> None:
     from strongroom.engine.archiver import Archiver
     from strongroom.engine.files_cache import FilesCache
 
     repo = _repository(setup)
     sink = ChildSink(channel, repo)
-    archiver = Archiver(None, SystemClock(), FilesCache(None), sink=sink, workers=1)
+    archiver = Archiver(None, clock, FilesCache(None), sink=sink, workers=1)
     try:
         while (message := channel.recv()) is not None:
             op = message.get("op")

@@ -18,7 +18,7 @@ from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.streams import CommandStream, stream_path
-from strongroom.engine.workers import Workers, worker_processes
+from strongroom.engine.workers import Workers
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,7 +94,7 @@ def backup_command(
     # Worker processes are forked first (before any thread starts); the directories are
     # listed while the key is derived and the index loaded.
     with (
-        Workers(worker_processes()) as workers,
+        Workers(app.worker_processes(), app.clock) as workers,
         start_scan(request) as scanner,
         app.open_repository(purpose=f"backup of {client}") as repo,
     ):

@@ -8,7 +8,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.engine.restorer import Restorer, RestoreRequest, RestoreResult
-from strongroom.engine.workers import Workers, worker_processes
+from strongroom.engine.workers import Workers
 from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS
 from strongroom.repository import Repository, Snapshot
 
@@ -40,8 +40,8 @@ def restore_command(
     request = RestoreRequest(target, includes, excludes, verify)
     url, _ = app.repository_target()
     # Worker processes are forked first, before any thread starts.
-    count = 0 if to_client else worker_processes()
-    with Workers(count) as workers, app.open_repository(purpose="restore") as repo:
+    count = 0 if to_client else app.worker_processes()
+    with Workers(count, app.clock) as workers, app.open_repository(purpose="restore") as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
         where = f" on {to_client}" if to_client else ""
         app.info(f"restoring snapshot {snap.id[:8]} of {snap.client} to {target}{where}")
