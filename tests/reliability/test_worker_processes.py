@@ -193,8 +193,9 @@ def _all_pids() -> list[int]:
     return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
 
 
-def _children(pid: int) -> list[Proc]:
-    """The children of ``pid``'s main thread (the one that forks the workers)."""
+def _children(pid: int, name: str | None = None) -> list[Proc]:
+    """The children of ``pid``'s main thread (the one that forks the workers and the
+    directory scanner), those called ``name`` (/proc/PID/comm) if given."""
     try:
         pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: look at them all
@@ -204,9 +205,19 @@ def _children(pid: int) -> list[Proc]:
     found = []
     for child in pids:
         f = _stat_fields(child)
-        if f is not None and int(f[1]) == pid:
+        if f is not None and int(f[1]) == pid and (name is None or _comm(child) == name):
             found.append(Proc(child, int(f[19])))
     return found
+
+
+WORKER = "strongroom-work"  # what the CLI names its worker processes
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _running_with_argument(argument: str) -> list[int]:
@@ -231,7 +242,7 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> Pr
     """The worker process the CLI forks at the start of its backup."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = _children(proc.pid)
+        kids = _children(proc.pid, WORKER)
         if kids:
             assert len(kids) == 1, f"one worker process expected, found {kids}"
             return kids[0]

@@ -64,6 +64,9 @@ class DirectorSink:
     def claim_many(self, bids: list[bytes]) -> list[bool]:
         return [self.claim(bid) for bid in bids]
 
+    def known_content(self, content: list[bytes | int]) -> bool:
+        return all(isinstance(c, int) or self.known(c) for c in content)
+
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:

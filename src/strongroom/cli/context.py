@@ -126,7 +126,8 @@ class App:
 
     def worker_processes(self) -> int:
         """How many worker processes a backup or restore forks: one per core beyond
-        the first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps it in one process)."""
+        the first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps it in one process,
+        without a directory scanner process either)."""
         given = os.environ.get("STRONGROOM_WORKER_PROCESSES", "").strip()
         if given:
             if not given.isdigit():

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 from strongroom.clock import Clock
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
-from strongroom.engine.scan import TreeScanner
+from strongroom.engine.scan import Scanner, TreeScanner
 from strongroom.engine.sink import BlobSink, RepositorySink
 from strongroom.engine.streams import (
     STREAM_ROOT,
@@ -37,6 +37,7 @@ from strongroom.engine.streams import (
     stream_path,
 )
 from strongroom.engine.workers import Worker, WorkerFailed, pack_entries
+from strongroom.engine.workers import start_scan as start_scan_process
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -233,7 +234,7 @@ class Archiver:
         on_step: Callable[[str], None] | None = None,
         before_commit: Callable[[], None] | None = None,
         sink: BlobSink | None = None,
-        scanner: TreeScanner | None = None,
+        scanner: Scanner | None = None,
         lanes: Sequence[Worker] = (),
     ) -> None:
         if sink is None:
@@ -329,9 +330,7 @@ class Archiver:
         ``node`` is the file's, from its lstat."""
         self._stop_if_failed()
         cached = self.files_cache.lookup(path, node)
-        if cached is not None and all(
-            isinstance(c, int) or self.sink.known(c) for c in cached.content
-        ):
+        if cached is not None and self.sink.known_content(cached.content):
             node.content = cached.content
             node.xattrs = cached.xattrs
             self.files_cache.keep(path)
@@ -712,9 +711,9 @@ class Archiver:
         own_scanner = self._scanner is None
         if self._scanner is None:
             self._scanner = start_scan(request)
-        elif self._scanner.roots != _directory_roots(roots) or self._scanner.excludes != [
-            os.fsencode(p) for p in request.excludes
-        ]:
+        elif sorted(self._scanner.roots) != sorted(_directory_roots(roots)) or (
+            self._scanner.excludes != [os.fsencode(p) for p in request.excludes]
+        ):
             raise ValueError("the scanner was started for another backup request")
         try:
             with ThreadPoolExecutor(
@@ -862,8 +861,18 @@ def _directory_roots(roots: list[bytes]) -> list[bytes]:
     return result
 
 
-def start_scan(request: BackupRequest) -> TreeScanner:
+def start_scan(request: BackupRequest, *, process: bool = True) -> Scanner:
     """Start listing the directories ``request`` backs up (before the repository is
-    even open, if the caller likes); hand it to the Archiver, and close it after."""
+    even open, if the caller likes); hand it to the Archiver, and close it after.
+    ``process``: in a process of its own, where this one can still fork."""
     roots = _normalize_paths(request.paths, streams=bool(request.streams))
-    return TreeScanner(_directory_roots(roots), [os.fsencode(p) for p in request.excludes])
+    ordered = _in_walk_order(_directory_roots(roots))
+    excludes = [os.fsencode(p) for p in request.excludes]
+    if process:
+        return start_scan_process(ordered, excludes)
+    return TreeScanner(ordered, excludes)
+
+
+def _in_walk_order(roots: list[bytes]) -> list[bytes]:
+    """Roots in the order the walk reaches them: name by name down the path."""
+    return sorted(roots, key=lambda root: root.split(b"/"))

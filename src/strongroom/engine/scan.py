@@ -15,7 +15,9 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
 
 from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
 from strongroom.repository.tree import DIR, Node
@@ -25,15 +27,14 @@ MAX_AHEAD = 512
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class Listing:
+class Listing(msgspec.Struct):
     """One directory as it was seen: a node per entry in name order (from its lstat;
     a stat result costs twice a node's memory, so none is kept), and problems to
     report (path, message)."""
 
-    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
-    entries: list[Node] = field(default_factory=list)
-    problems: list[tuple[bytes, str]] = field(default_factory=list)
+    xattrs: list[tuple[bytes, bytes]] = []
+    entries: list[Node] = []
+    problems: list[tuple[bytes, str]] = []
 
     def subdirectories(self, path: bytes) -> list[bytes]:
         base = path.rstrip(b"/") + b"/"
@@ -84,6 +85,17 @@ def scan_directory(path: bytes, excludes: Sequence[bytes]) -> Listing:
     finally:
         os.close(fd)
     return listing
+
+
+class Scanner(Protocol):
+    """Listings of the directories below ``roots``, for a walk that asks for each."""
+
+    roots: list[bytes]
+    excludes: list[bytes]
+
+    def listing(self, path: bytes) -> Listing: ...
+
+    def close(self) -> None: ...
 
 
 class TreeScanner:

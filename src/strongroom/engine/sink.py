@@ -37,6 +37,9 @@ class BlobSink(Protocol):
     def known(self, bid: bytes) -> bool:
         """Whether the repository already holds the blob."""
 
+    def known_content(self, content: list[bytes | int]) -> bool:
+        """Whether the repository holds every blob of a file's content (ints: holes)."""
+
     def claim(self, bid: bytes) -> bool:
         """True when the caller must store the blob: nobody has it or is storing it."""
 
@@ -87,6 +90,9 @@ class RepositorySink:
 
     def known(self, bid: bytes) -> bool:
         return self.repo.has_blob(bid)
+
+    def known_content(self, content: list[bytes | int]) -> bool:
+        return self.repo.has_blobs(content)
 
     def claim(self, bid: bytes) -> bool:
         if self.repo.has_blob(bid):

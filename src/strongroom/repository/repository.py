@@ -399,6 +399,21 @@ class Repository:
             self._relied.add(pack_id)
             return True
 
+    def has_blobs(self, bids: list[bytes | int]) -> bool:
+        """``has_blob`` for every id of a file's content (holes, ints, pass), at once."""
+        with self._index_lock:
+            index, condemned = self.index, self.condemned
+            packs = []
+            for bid in bids:
+                if isinstance(bid, int):
+                    continue
+                pack_id = index.pack_of(bid)
+                if pack_id is None or pack_id in condemned:
+                    return False
+                packs.append(pack_id)
+            self._relied.update(packs)
+            return True
+
     def new_pack_writer(self, *, staged: bool = False) -> PackWriter:
         """A pack writer; ``staged`` ones write to storage as they go (less memory)."""
         sink = self.backend.stage("data/") if staged else None

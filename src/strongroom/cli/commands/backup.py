@@ -7,6 +7,7 @@ import hashlib
 import os
 import shlex
 import socket
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -93,9 +94,10 @@ def backup_command(
     url, _ = app.repository_target()
     # Worker processes are forked first (before any thread starts); the directories are
     # listed while the key is derived and the index loaded.
+    processes = app.worker_processes()
     with (
-        Workers(app.worker_processes(), app.clock) as workers,
-        start_scan(request) as scanner,
+        Workers(processes, app.clock) as workers,
+        closing(start_scan(request, process=processes > 0)) as scanner,
         app.open_repository(purpose=f"backup of {client}") as repo,
     ):
         lanes = workers.for_backup(repo, url)
