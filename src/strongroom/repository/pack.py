@@ -212,6 +212,11 @@ def open_blob(
 ) -> bytes:
     """Decrypt, decompress and verify one blob against its keyed id."""
     plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
+    return open_plain(key, entry, plain, what)
+
+
+def open_plain(key: MasterKey, entry: PackEntry, plain: bytes, what: str) -> bytes:
+    """A decrypted blob's content, decompressed and checked against its id."""
     if entry.compressed:
         plain = compression.decompress(plain, entry.raw_length, what)
     elif len(plain) != entry.raw_length:
@@ -219,3 +224,23 @@ def open_blob(
     if blob_id(key.id_key, plain) != entry.id:
         raise IntegrityError(f"{what}: content does not match its id")
     return plain
+
+
+# Blobs bigger than this are checked without holding their whole plaintext.
+PIECEWISE = 1 << 20
+
+
+def verify_blob(
+    key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes | memoryview, what: str
+) -> None:
+    """What ``open_blob`` checks (authenticity, length, id), keeping no plaintext: a
+    big blob is decompressed and hashed piece by piece."""
+    plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
+    if not entry.compressed or entry.raw_length <= PIECEWISE:
+        open_plain(key, entry, plain, what)
+        return
+    hasher = blake3.blake3(key=key.id_key, max_threads=1)
+    for piece in compression.decompress_pieces(plain, entry.raw_length, what):
+        hasher.update(piece)
+    if hasher.digest() != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
