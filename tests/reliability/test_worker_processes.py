@@ -843,7 +843,12 @@ def test_identical_files_across_processes_are_stored_once(tmp_path: Path, worker
     worker_files = {f for b in run.worker_batches() for f in b["files"]}
     assert worker_files, "the worker backed up nothing"
     all_files = {str(p) for p in src.rglob("c*") if p.is_file()}
-    assert worker_files < all_files, "the parent backed up nothing: no dedup across processes"
+    if workers < (os.cpu_count() or 1):  # the parent reads files too
+        assert worker_files < all_files, "the parent backed up nothing: no dedup across them"
+    else:  # as many workers as cores: the workers read every file, between them
+        assert worker_files == all_files
+        pids = {b["pid"] for b in run.worker_batches()}
+        assert len(pids) == workers, f"not every worker backed files up: {pids}"
 
     summary = run.summary()
     assert summary["bytes_read"] == 8 * ideal

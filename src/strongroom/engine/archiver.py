@@ -247,7 +247,7 @@ class Archiver:
         self.progress = progress or _NoProgress()
         # One worker per core: reads are asked for ahead (posix_fadvise), and more threads
         # only fight over the GIL (measured: 3 workers cost 10% more CPU than 2).
-        self.workers = workers or (os.cpu_count() or 2)
+        self.workers = (os.cpu_count() or 2) if workers is None else workers
         self._on_step = on_step or (lambda step: None)
         self._local = threading.local()
         self._stats = _Stats()
@@ -263,6 +263,8 @@ class Archiver:
             raise TypeError("worker processes need a repository sink")
         self._lanes = list(lanes)
         self._free_lanes = list(lanes)
+        if not self._lanes:
+            self.workers = max(1, self.workers)  # someone must read the files
         self._failure: BaseException | None = None  # a stream's, noticed by the walk
 
     @property

@@ -254,7 +254,7 @@ class Restorer:
             source = RepositorySource(repo)
         self.source = source
         self.progress = progress or _NoProgress()
-        self.workers = workers or (os.cpu_count() or 2)
+        self.workers = (os.cpu_count() or 2) if workers is None else workers
         self._lock = threading.Lock()
         self._result = RestoreResult()
         self._owner = os.geteuid() == 0
@@ -267,6 +267,8 @@ class Restorer:
         # the pool bound to it.
         self._lanes = list(lanes)
         self._free_lanes = list(lanes)
+        if not self._lanes:
+            self.workers = max(1, self.workers)  # someone must write the files
         self._local = threading.local()
 
     def restore(self, snapshot: Snapshot, request: RestoreRequest) -> RestoreResult:

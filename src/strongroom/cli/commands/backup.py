@@ -114,7 +114,7 @@ def backup_command(
             progress,
             before_commit=app.lock.ensure_valid if app.lock else None,
             scanner=scanner,
-            workers=max(1, (os.cpu_count() or 1) - len(lanes)),
+            workers=max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes)),
             lanes=lanes,
         )
         result = archiver.backup(request)

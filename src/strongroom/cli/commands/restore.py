@@ -49,7 +49,7 @@ def restore_command(
             result = _restore_on_client(app, repo, snap, to_client, request)
         else:
             lanes = workers.for_restore(repo, url)
-            threads = max(1, (os.cpu_count() or 1) - len(lanes))
+            threads = max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes))
             result = Restorer(repo, workers=threads, lanes=lanes).restore(snap, request)
     for w in result.warnings:
         app.warn(w)
