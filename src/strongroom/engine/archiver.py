@@ -18,7 +18,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
@@ -43,11 +43,11 @@ from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapsho
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.tree import DIR, FILE, encode_tree
 
-# Finished directories waiting to be written as trees.
-MAX_DIRS_WAITING = 64
+# Directories walked, waiting for their files to be read to be written as trees.
+MAX_DIRS_WAITING = 2048
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
-BATCH_FILES = 32
-BATCH_BYTES = 8 << 20
+BATCH_FILES = 128
+BATCH_BYTES = 16 << 20
 # Read-ahead asked for per file: the whole of a small file, the start of a big one.
 READAHEAD_BYTES = 16 << 20
 # Files modified this close to being read are not trusted to the files cache: file
@@ -254,7 +254,7 @@ class Archiver:
         self._walked = _Counts()  # the walk's own counts (one thread)
         self._warnings: list[FileWarning] = []
         self._batch = _Batch()
-        self._in_flight: deque[Future[_Counts]] = deque()
+        self._in_flight: set[Future[_Counts]] = set()
         # Lists directories ahead of the walk; the caller's (started early) or our own.
         self._scanner = scanner
         # Worker processes set up for this repository: each takes batches too, through
@@ -353,11 +353,16 @@ class Archiver:
         if not batch.files:
             return
         self._batch = _Batch()
-        # Bound the work queued ahead of the workers, and so the memory it holds.
-        while len(self._in_flight) >= 2 * (self.workers + len(self._lanes)):
-            self._in_flight.popleft().result()
+        # Bound the work queued ahead of the workers, and so the memory it holds. Wait
+        # for any batch, not the oldest: one big file must not leave the others idle.
+        limit = 2 * (self.workers + len(self._lanes))
+        while len(self._in_flight) >= limit:
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a worker's failure stops the walk here
+            self._in_flight = {f for f in self._in_flight if not f.done()}
         batch.future = self._pool.submit(self._run_batch, batch)
-        self._in_flight.append(batch.future)
+        self._in_flight.add(batch.future)
 
     def _run_batch(self, batch: _Batch) -> _Counts:
         """Back up a batch on this thread, or through the worker process it serves: a
@@ -395,9 +400,9 @@ class Archiver:
             pending.ok = bool(ok)
             if ok:
                 node = pending.node
-                node.content = [c if isinstance(c, int) else bytes(c) for c in content]
-                node.xattrs = [(bytes(k), bytes(v)) for k, v in xattrs]
-                node.size, node.changed = int(size), bool(changed)
+                node.content = content  # decoded as sent: blob ids (bytes) and holes (ints)
+                node.xattrs = [(k, v) for k, v in xattrs] if xattrs else []
+                node.size, node.changed = size, changed
                 self.progress.file_done(pending.path, node.size, True)
         for path, text in message["warnings"]:
             self._warn(bytes(path), str(text))
@@ -661,8 +666,10 @@ class Archiver:
         return pending
 
     def _drain(self, ready: deque[_PendingDir], keep: int) -> None:
-        """Finish directories in post-order while more than ``keep`` are waiting."""
-        while len(ready) > keep:
+        """Finish directories in post-order: those whose files are all read, and any
+        while more than ``keep`` are waiting (the walk waits only then, so the workers
+        never run dry for want of the next batch)."""
+        while ready and (len(ready) > keep or _files_read(ready[0])):
             self._finish_dir(ready.popleft())
 
     def _finish_dir(self, pending: _PendingDir) -> None:
@@ -836,6 +843,17 @@ class Archiver:
         self._finish_dir(holder)
         assert holder.tree_id is not None
         return holder.tree_id
+
+
+def _files_read(pending: _PendingDir) -> bool:
+    """Whether every file (and stream) of a walked directory is done with."""
+    for child in pending.children:
+        if isinstance(child, _PendingFile):
+            if child.batch.future is None or not child.batch.future.done():
+                return False
+        elif isinstance(child, Future) and not child.done():
+            return False
+    return True
 
 
 def _normalize_paths(paths: Sequence[str], *, streams: bool = False) -> list[bytes]:

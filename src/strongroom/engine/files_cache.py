@@ -74,7 +74,8 @@ class FilesCache:
         return [(path, bytes(raw)) for path, raw in new.items()]
 
     def keep_encoded(self, path: bytes, encoded: bytes) -> None:
-        _entry_decoder.decode(encoded)  # refuse anything a worker could not have meant
+        """Keep an entry a worker process encoded (a damaged one would only cost a
+        re-read: ``lookup`` decodes each entry)."""
         with self._lock:
             self._new[path] = msgspec.Raw(encoded)
 

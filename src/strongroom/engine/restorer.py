@@ -21,9 +21,8 @@ import itertools
 import os
 import stat
 import threading
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -311,7 +310,7 @@ class Restorer:
         self._files: list[tuple[tuple[bytes, ...], Node]] = []
         self._job: list[_File] = []
         self._job_bytes = 0
-        self._in_flight: deque[Future[None]] = deque()
+        self._in_flight: set[Future[None]] = set()
         try:
             with ThreadPoolExecutor(
                 self.workers + len(self._lanes),
@@ -491,12 +490,16 @@ class Restorer:
         job, self._job, self._job_bytes = self._job, [], 0
         if job:
             self._wait_jobs(JOBS_AHEAD * (self.workers + len(self._lanes)) - 1)
-            self._in_flight.append(self._pool.submit(self._run_job, job))
+            self._in_flight.add(self._pool.submit(self._run_job, job))
 
     def _wait_jobs(self, keep: int) -> None:
-        """Wait for the oldest jobs while more than ``keep`` are in flight."""
+        """Wait while more than ``keep`` jobs are in flight: for any of them, not the
+        oldest (one big file must not leave the other workers idle)."""
         while len(self._in_flight) > keep:
-            self._in_flight.popleft().result()
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a failure stops the walk here
+            self._in_flight = {f for f in self._in_flight if not f.done()}
 
     def _bind_lane(self) -> None:
         """Pool thread start: bind to a worker process, while any is unbound."""
