@@ -44,10 +44,10 @@ from strongroom.repository.crypto import blob_id
 from strongroom.repository.tree import DIR, FILE, encode_tree
 
 # Directories walked, waiting for their files to be read to be written as trees.
-MAX_DIRS_WAITING = 2048
+MAX_DIRS_WAITING = 1024
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
 BATCH_FILES = 128
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20
 # Read-ahead asked for per file: the whole of a small file, the start of a big one.
 READAHEAD_BYTES = 16 << 20
 # Files modified this close to being read are not trusted to the files cache: file

@@ -18,9 +18,18 @@ from strongroom.backend import ObjectNotFound
 from strongroom.engine.walk import load_tree
 from strongroom.errors import IntegrityError
 from strongroom.repository import DATA, Repository
-from strongroom.repository.crypto import storage_id
+from strongroom.repository.crypto import PackCipher
 from strongroom.repository.index import BlobLocation
-from strongroom.repository.pack import cipher_for, pack_name, read_header, verify_blob
+from strongroom.repository.pack import (
+    DATA_OFFSET,
+    TRAILER,
+    PackEntry,
+    cipher_for,
+    header_span,
+    pack_name,
+    parse_header,
+    verify_blob,
+)
 from strongroom.repository.tree import DIR, FILE
 
 
@@ -73,6 +82,11 @@ class _PackRead:
     blobs_read: int = 0
     errors: list[str] = field(default_factory=list)
     bad: set[bytes] = field(default_factory=set)
+    seen: set[bytes] = field(default_factory=set)
+
+
+# A pack is read in pieces of about this size (and a bigger blob whole).
+READ_PIECE = 4 << 20
 
 
 class Checker:
@@ -122,7 +136,7 @@ class Checker:
             # decompression and hashing release the GIL); results are taken in order.
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
                 reads = [
-                    pool.submit(self._read_pack, pack_id, groups.get(pack_id, []))
+                    pool.submit(self._read_pack, pack_id, stored[pack_id], groups.get(pack_id, []))
                     for pack_id in to_read
                 ]
                 for done, read in enumerate(reads, 1):
@@ -154,46 +168,94 @@ class Checker:
         result.trees = len(checked_trees)
         return result
 
-    def _read_pack(self, pack_id: str, expected: list[tuple[bytes, BlobLocation]]) -> _PackRead:
-        """Read one pack whole and verify every blob in it; the 16-byte id prefix of
-        every damaged blob goes into ``bad``."""
-        repo = self.repo
+    def _read_pack(
+        self, pack_id: str, size: int, expected: list[tuple[bytes, BlobLocation]]
+    ) -> _PackRead:
+        """Read one pack front to back, in pieces of about READ_PIECE, checking it
+        against its name and every blob in it; the 16-byte id prefix of every damaged
+        blob goes into ``bad``."""
         found = _PackRead()
         what = f"pack {pack_id[:8]}"
         expected_keys = {key for key, _ in expected}
         try:
-            data = repo.backend.load(pack_name(pack_id))
+            self._read_blobs(pack_id, size, what, found)
         except ObjectNotFound:
             found.errors.append(f"{what}: missing")
             found.bad.update(expected_keys)
             return found
-        found.packs_read = 1
-        found.bytes_read = len(data)
-        if storage_id(data) != pack_id:
-            found.errors.append(f"{what}: contents do not match its name (damaged)")
-        try:
-            entries = read_header(repo.master, data, what)
-            cipher = cipher_for(repo.master, data, what)
         except IntegrityError as e:
             found.errors.append(f"{e}; all {len(expected_keys)} blobs in it count as damaged")
             found.bad.update(expected_keys)
             return found
-        view = memoryview(data)
-        seen: set[bytes] = set()
-        for entry in entries:
-            seen.add(entry.id[:16])
-            blob_what = f"{what} blob {entry.id.hex()[:16]}"
-            try:
-                ciphertext = view[entry.offset : entry.offset + entry.length]
-                verify_blob(repo.master, cipher, entry, ciphertext, blob_what)
-                found.blobs_read += 1
-            except IntegrityError as e:
-                found.errors.append(str(e))
-                found.bad.add(entry.id[:16])
-        for key in expected_keys - seen:
+        for key in expected_keys - found.seen:
             found.errors.append(f"{what}: the index names blob {key.hex()} it does not hold")
             found.bad.add(key)
         return found
+
+    def _read_blobs(self, pack_id: str, size: int, what: str, found: _PackRead) -> None:
+        repo = self.repo
+        name = pack_name(pack_id)
+        load = repo.backend.load
+        head = load(name, 0, min(size, DATA_OFFSET))
+        tail = load(name, max(0, size - TRAILER.size), min(size, TRAILER.size))
+        start, hlen = header_span(size, tail, what)
+        sealed = load(name, start, hlen)
+        entries = parse_header(repo.master, head, sealed, start, what)
+        cipher = cipher_for(repo.master, head, what)
+        found.packs_read = 1
+        found.bytes_read = size
+        hasher = hashlib.sha256(head)
+        entries.sort(key=lambda e: e.offset)
+        pos = DATA_OFFSET  # every byte before it is hashed
+        i, n = 0, len(entries)
+        while pos < start:
+            while i < n and entries[i].offset < pos:  # overlaps what was read: alone
+                alone = entries[i]
+                self._check_blob(cipher, alone, load(name, alone.offset, alone.length), what, found)
+                i += 1
+            # A piece: the next entries while it stays within READ_PIECE (one at least),
+            # with whatever lies between them (the hash needs every byte).
+            taken: list[PackEntry] = []
+            end = pos
+            while i < n and entries[i].offset >= end:
+                entry_end = entries[i].offset + entries[i].length
+                if taken and entry_end - pos > READ_PIECE:
+                    break
+                taken.append(entries[i])
+                end = entry_end
+                i += 1
+            if not taken:  # no blob left, yet bytes before the header: hash them
+                end = min(start, pos + READ_PIECE)
+            piece = memoryview(load(name, pos, end - pos))
+            hasher.update(piece)
+            for entry in taken:
+                at = entry.offset - pos
+                self._check_blob(cipher, entry, piece[at : at + entry.length], what, found)
+            pos = end
+        for entry in entries[i:]:  # empty entries at the very end: checked alone
+            self._check_blob(cipher, entry, load(name, entry.offset, entry.length), what, found)
+        hasher.update(sealed)
+        hasher.update(tail)
+        if hasher.hexdigest() != pack_id:
+            found.errors.append(f"{what}: contents do not match its name (damaged)")
+
+    def _check_blob(
+        self,
+        cipher: PackCipher,
+        entry: PackEntry,
+        ciphertext: bytes | memoryview,
+        what: str,
+        found: _PackRead,
+    ) -> None:
+        found.seen.add(entry.id[:16])
+        try:
+            verify_blob(
+                self.repo.master, cipher, entry, ciphertext, f"{what} blob {entry.id.hex()[:16]}"
+            )
+            found.blobs_read += 1
+        except IntegrityError as e:
+            found.errors.append(str(e))
+            found.bad.add(entry.id[:16])
 
     def _intact(self, bid: bytes, bad: set[bytes]) -> bool:
         """File data that exists, reads back intact, and is stored as data (not a tree)."""

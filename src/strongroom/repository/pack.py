@@ -180,7 +180,7 @@ class PackWriter:
             self.sink.discard()
 
 
-def cipher_for(key: MasterKey, pack_start: bytes, what: str) -> PackCipher:
+def cipher_for(key: MasterKey, pack_start: bytes | memoryview, what: str) -> PackCipher:
     if len(pack_start) < DATA_OFFSET or pack_start[: len(PACK_MAGIC)] != PACK_MAGIC:
         raise IntegrityError(f"{what}: not a pack (damaged or truncated)")
     return PackCipher(key, salt=bytes(pack_start[len(PACK_MAGIC) : DATA_OFFSET]))
@@ -188,14 +188,33 @@ def cipher_for(key: MasterKey, pack_start: bytes, what: str) -> PackCipher:
 
 def read_header(key: MasterKey, data: bytes, what: str) -> list[PackEntry]:
     """Parse and authenticate a whole pack's header; IntegrityError on any damage."""
-    if len(data) < DATA_OFFSET + TRAILER.size + BLOB_OVERHEAD:
-        raise IntegrityError(f"{what}: truncated ({len(data)} bytes)")
-    (hlen,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-    start = len(data) - TRAILER.size - hlen
+    start, hlen = header_span(len(data), data[-TRAILER.size :], what)
+    return parse_header(key, data[:DATA_OFFSET], data[start : start + hlen], start, what)
+
+
+def header_span(size: int, trailer: bytes | memoryview, what: str) -> tuple[int, int]:
+    """Where a pack of ``size`` bytes keeps its header (start, length), from its last
+    TRAILER.size bytes; IntegrityError when that is impossible."""
+    if size < DATA_OFFSET + TRAILER.size + BLOB_OVERHEAD:
+        raise IntegrityError(f"{what}: truncated ({size} bytes)")
+    (hlen,) = TRAILER.unpack(trailer)
+    start = size - TRAILER.size - hlen
     if hlen > MAX_HEADER or start < DATA_OFFSET:
         raise IntegrityError(f"{what}: header length {hlen} is impossible")
-    cipher = cipher_for(key, data, what)
-    header = cipher.decrypt(HEADER_AAD, data[start : start + hlen], f"{what} header")
+    return start, hlen
+
+
+def parse_header(
+    key: MasterKey,
+    pack_start: bytes | memoryview,
+    sealed: bytes | memoryview,
+    start: int,
+    what: str,
+) -> list[PackEntry]:
+    """Authenticate and parse a pack's header (``sealed``, found at ``start``), given
+    the pack's first DATA_OFFSET bytes (its salt)."""
+    cipher = cipher_for(key, pack_start, what)
+    header = cipher.decrypt(HEADER_AAD, sealed, f"{what} header")
     if len(header) % ENTRY.size:
         raise IntegrityError(f"{what}: header has a partial entry")
     entries = []
