@@ -222,10 +222,11 @@ class ScanProcess:
         self.roots = list(roots)
         self.excludes = list(excludes)
         read_end, write_end = os.pipe()
-        try:
-            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # the system's default buffer: less look-ahead
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+            try:
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the system's default buffer: less look-ahead
         self.pid = os.fork()
         if self.pid == 0:
             code = 0
