@@ -363,8 +363,12 @@ class Restorer:
         with self._lock:
             self._result.errors.append(f"{os.fsdecode(b'/' + b'/'.join(parts))}: {message}")
 
-    def _restore_tree(self, dir_fd: int, parts: tuple[bytes, ...], tree_id: bytes) -> bool:
-        """Restore one directory's entries; True when anything was restored."""
+    def _restore_tree(
+        self, dir_fd: int, parts: tuple[bytes, ...], tree_id: bytes, fresh: bool = False
+    ) -> bool:
+        """Restore one directory's entries; True when anything was restored. ``fresh``:
+        this restore just made the directory (so nothing is in the way in it, and it
+        has no setgid bit yet)."""
         try:
             nodes = self.source.tree(tree_id)
         except IntegrityError as e:
@@ -387,7 +391,7 @@ class Restorer:
             if node.type == DIR:
                 restored_any |= self._restore_dir(dir_fd, child, node, choice is True)
             elif choice:
-                self._restore_entry(dir_fd, child, node)
+                self._restore_entry(dir_fd, child, node, fresh)
                 restored_any = True
         return restored_any
 
@@ -410,7 +414,11 @@ class Restorer:
             self._warn(parts, f"cannot open directory: {e.strerror}")
             return False
         try:
-            inner = self._restore_tree(child_fd, parts, node.subtree) if node.subtree else False
+            inner = (
+                self._restore_tree(child_fd, parts, node.subtree, created)
+                if node.subtree
+                else False
+            )
         finally:
             os.close(child_fd)
         if not (selected or inner):
@@ -422,7 +430,9 @@ class Restorer:
         self._dirs.append((parts, node))
         return True
 
-    def _restore_entry(self, dir_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
+    def _restore_entry(
+        self, dir_fd: int, parts: tuple[bytes, ...], node: Node, fresh: bool = False
+    ) -> None:
         name = parts[-1]
         if node.type == FILE:
             if node.links > 1:
@@ -435,7 +445,8 @@ class Restorer:
             self._plan_file(parts, node)
             return
         try:
-            self._remove_existing(dir_fd, name)
+            if not fresh:
+                self._remove_existing(dir_fd, name)
             if node.type == SYMLINK:
                 os.symlink(node.target or b"", name, dir_fd=dir_fd)
             elif node.type == FIFO:
@@ -447,7 +458,7 @@ class Restorer:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._warn(parts, f"cannot create {node.type}: {reason}")
             return
-        self._set_metadata(parts, node, dir_fd=dir_fd, name=name)
+        self._set_metadata(parts, node, dir_fd=dir_fd, name=name, created=fresh)
         with self._lock:
             self._result.other += 1
 
@@ -787,8 +798,9 @@ class Restorer:
 
         Each step is tried on its own: a refused xattr must not cost the mode and times.
         Hostile values (a negative uid, an absurd mode) give warnings, never a crash.
-        ``created``: a file this restore just created with its permission bits (less
-        the umask) in a directory without setgid, so it is ours, in our group.
+        ``created``: an entry this restore just created in a directory without setgid,
+        so it is ours, in our group; a file (``fd``) was created with its permission
+        bits, less the umask (a FIFO or device node was not: it gets its mode here).
         """
         assert fd is not None or name is not None
         if self._owner and not (created and (node.uid, node.gid) == self._ids):
@@ -808,7 +820,9 @@ class Restorer:
         # Linux has no mode for symlinks. A file created with its mode needs no chmod
         # unless the umask took bits away, or it has setuid/setgid/sticky bits (which a
         # chown clears, and open never sets).
-        if node.type != SYMLINK and not (created and node.mode == node.mode & 0o777 & ~self._umask):
+        if node.type != SYMLINK and not (
+            created and fd is not None and node.mode == node.mode & 0o777 & ~self._umask
+        ):
             try:
                 if fd is not None:
                     os.fchmod(fd, node.mode)
