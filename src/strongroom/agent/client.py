@@ -61,7 +61,7 @@ class DirectorSink:
     def claim(self, bid: bytes) -> bool:
         return bool(self._call({"op": "claim", "id": bid})["value"])
 
-    def claim_many(self, bids: list[bytes]) -> list[bool]:
+    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
         return [self.claim(bid) for bid in bids]
 
     def known_content(self, content: list[bytes | int]) -> bool:

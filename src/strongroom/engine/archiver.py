@@ -526,7 +526,8 @@ class Archiver:
 
     def _store_small(self, held: list[_Held], counts: _Counts) -> None:
         """Store the blobs of a batch's small files the sink lacks, asking it once."""
-        granted = iter(self.sink.claim_many([h.bid for h in held if h.bid is not None]))
+        named = [(h.bid, h.data) for h in held if h.bid is not None]
+        granted = iter(self.sink.claim_many([b for b, _ in named], [d for _, d in named]))
         for h in held:
             if h.bid is None:
                 h.pending.node.content = []

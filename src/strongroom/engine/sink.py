@@ -43,8 +43,10 @@ class BlobSink(Protocol):
     def claim(self, bid: bytes) -> bool:
         """True when the caller must store the blob: nobody has it or is storing it."""
 
-    def claim_many(self, bids: list[bytes]) -> list[bool]:
-        """``claim`` for each blob in turn (one question, where the sink is remote)."""
+    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
+        """``claim`` for each blob in turn (one question, where the sink is remote).
+        ``data``: the blobs themselves, which a remote sink may prepare for storing
+        while it waits for the answer."""
 
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
@@ -103,7 +105,7 @@ class RepositorySink:
             self._claimed.add(bid)
             return True
 
-    def claim_many(self, bids: list[bytes]) -> list[bool]:
+    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
         return [self.claim(bid) for bid in bids]
 
     def store(

@@ -32,7 +32,7 @@ from strongroom.errors import StrongroomError
 from strongroom.repository import Chunker, Repository, Snapshot
 from strongroom.repository.codec import decode_as
 from strongroom.repository.crypto import MasterKey
-from strongroom.repository.pack import PackEntry, PackWriter, pack_name
+from strongroom.repository.pack import PackEntry, PackWriter, compress_blob, pack_name
 from strongroom.repository.repository import RepoConfig
 
 _LENGTH = struct.Struct("<I")
@@ -408,6 +408,8 @@ class ChildSink:
         self._repo = repo
         self.id_key = repo.master.id_key
         self._writer: PackWriter | None = None
+        # Blobs compressed while a claim was out: frame, or None (stored raw).
+        self._prepared: dict[bytes, bytes | None] = {}
 
     def new_chunker(self) -> Chunker:
         return self._repo.chunker()
@@ -421,21 +423,36 @@ class ChildSink:
     def claim(self, bid: bytes) -> bool:
         return self.claim_many([bid])[0]
 
-    def claim_many(self, bids: list[bytes]) -> list[bool]:
+    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
+        """Ask the parent; while it answers, compress and check ``data`` (most blobs
+        are new: the round trip then costs no time)."""
         if not bids:
             return []
         self._channel.send({"op": "claim", "ids": bids})
+        for bid, blob in zip(bids, data or (), strict=False):
+            if bid not in self._prepared:
+                self._prepared[bid] = compress_blob(
+                    self._repo.master, self._repo.config.compression_level, bid, blob
+                )
         reply = self._channel.recv()
         if reply is None or reply.get("op") != "claimed":
             raise WorkerFailed("the parent process went away", 1)
-        return [bool(g) for g in reply["granted"]]
+        granted = [bool(g) for g in reply["granted"]]
+        for bid, given in zip(bids, granted, strict=True):
+            if not given:
+                self._prepared.pop(bid, None)  # somebody else stores it
+        return granted
 
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:
         if self._writer is None:
             self._writer = self._repo.new_pack_writer(staged=True)
-        entry = self._writer.add(blob_type, bid, data, compressed=compressed)
+        if compressed is None and bid in self._prepared:
+            compressed = self._prepared.pop(bid)
+            entry = self._writer.add(blob_type, bid, data, compressed=compressed, raw=True)
+        else:
+            entry = self._writer.add(blob_type, bid, data, compressed=compressed)
         if self._writer.size >= self._repo.pack_target_size:
             self._publish()
         return Stored(entry.raw_length, entry.length)

@@ -118,24 +118,18 @@ class PackWriter:
         data: bytes | memoryview,
         *,
         compressed: bytes | None = None,
+        raw: bool = False,
     ) -> PackEntry:
         """Compress (when it pays), verify, encrypt and append one blob.
 
-        ``compressed``: a zstd frame of ``data`` made elsewhere (by an agent) and already
-        verified by the caller; it is stored as it is.
+        ``compressed``: a zstd frame of ``data`` made elsewhere (by an agent, or by
+        ``compress_blob`` ahead of time) and already verified; it is stored as it is.
+        ``raw``: ``data`` is known not to compress; it is stored as it is.
         """
-        flags = 0
-        if compressed is not None:
-            payload: bytes | memoryview = compressed
-            flags = FLAG_COMPRESSED
-        else:
-            packed = compression.compress(data, self._level) if len(data) > 64 else None
-            payload = data
-            if packed is not None:
-                # Verify before publishing: a compressor bug must not corrupt a backup.
-                self._check_round_trip(packed, data, bid)
-                payload = packed
-                flags = FLAG_COMPRESSED
+        if compressed is None and not raw:
+            compressed = compress_blob(self._key, self._level, bid, data)
+        flags = 0 if compressed is None else FLAG_COMPRESSED
+        payload: bytes | memoryview = data if compressed is None else compressed
         # Sealed into a buffer kept for the pack's life: a big blob's ciphertext is not
         # a new allocation each time (they fragment the heap).
         size = len(payload) + TAG_SIZE
@@ -148,20 +142,6 @@ class PackWriter:
         ciphertext.release()
         self.entries.append(entry)
         return entry
-
-    def _check_round_trip(self, packed: bytes, data: bytes | memoryview, bid: bytes) -> None:
-        """The frame decompresses to ``data``: compared directly when it is bytes; for a
-        view (a big chunk), its keyed id is taken piece by piece instead (comparing a
-        view goes byte by byte, and no second copy of a big chunk is held)."""
-        if isinstance(data, bytes):
-            ok = compression.decompress(packed, len(data), "blob") == data
-        else:
-            hasher = blake3.blake3(key=self._key.id_key, max_threads=1)
-            for piece in compression.decompress_pieces(packed, len(data), "blob"):
-                hasher.update(piece)
-            ok = hasher.digest() == bid
-        if not ok:
-            raise IntegrityError("compression round trip failed; refusing to store")
 
     def finish(self) -> tuple[str, bytearray | None]:
         """Seal the header. Returns the pack id and, for an in-memory pack, its bytes."""
@@ -178,6 +158,27 @@ class PackWriter:
     def discard(self) -> None:
         if self.sink is not None:
             self.sink.discard()
+
+
+def compress_blob(key: MasterKey, level: int, bid: bytes, data: bytes | memoryview) -> bytes | None:
+    """A blob's zstd frame, checked to decompress to ``data`` (a compressor bug must
+    not corrupt a backup), or None when compression does not pay."""
+    packed = compression.compress(data, level) if len(data) > 64 else None
+    if packed is None:
+        return None
+    # Compared directly when it is bytes; for a view (a big chunk), its keyed id is
+    # taken piece by piece instead (comparing a view goes byte by byte, and no second
+    # copy of a big chunk is held).
+    if isinstance(data, bytes):
+        ok = compression.decompress(packed, len(data), "blob") == data
+    else:
+        hasher = blake3.blake3(key=key.id_key, max_threads=1)
+        for piece in compression.decompress_pieces(packed, len(data), "blob"):
+            hasher.update(piece)
+        ok = hasher.digest() == bid
+    if not ok:
+        raise IntegrityError("compression round trip failed; refusing to store")
+    return packed
 
 
 def cipher_for(key: MasterKey, pack_start: bytes | memoryview, what: str) -> PackCipher:
