@@ -36,7 +36,8 @@ from strongroom.repository.pack import PackEntry, PackWriter, compress_blob, pac
 from strongroom.repository.repository import RepoConfig
 
 _LENGTH = struct.Struct("<I")
-PIPE_SIZE = 1 << 20  # a scanner's look-ahead
+PIPE_SIZE = 1 << 20  # a scanner process's look-ahead
+SCAN_PROCESS_AHEAD = 64  # listings its threads make ahead of what it has written
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 _listing_decoder = msgspec.msgpack.Decoder(tuple[bytes, Listing])
@@ -266,7 +267,8 @@ class ScanProcess:
 
 def _stream_listings(out: IO[bytes], roots: list[bytes], excludes: list[bytes]) -> None:
     """Every directory's listing, depth first in listing order (the walk's order)."""
-    with TreeScanner(roots, excludes) as scanner:
+    # The pipe is the look-ahead that counts; the threads only need to keep reads going.
+    with TreeScanner(roots, excludes, ahead=SCAN_PROCESS_AHEAD) as scanner:
 
         def visit(path: bytes) -> None:
             listing = scanner.listing(path)
