@@ -648,6 +648,14 @@ class Context:
     timeout: float
     content_diff: bool
     keep: bool
+    # When many files were last deleted (the old work directory, a restore verified).
+    deleted_at: float = 0.0
+
+
+# ext4 will not reuse an inode freed less than 60 s ago while its inode table block is
+# cached: right after a big deletion, creating files costs far more system time. A
+# restore waits until that window has passed, so each tool restores in the same state.
+INODE_REUSE_WINDOW = 61.0
 
 
 def run_tool(tool: Tool, ctx: Context, steps: list[Step]) -> list[Measurement]:
@@ -685,6 +693,7 @@ def step_command(tool: Tool, step: Step, ctx: Context) -> tuple[list[str], Path 
     if step.key == "restore":
         target = ctx.layout.restore(tool.name)
         target.mkdir(parents=True)
+        time.sleep(max(0.0, ctx.deleted_at + INODE_REUSE_WINDOW - time.monotonic()))
         return tool.restore(target)
     if step.key == "check":
         return tool.check(read_data=False), None
@@ -753,6 +762,7 @@ def run_step(tool: Tool, step: Step, ctx: Context, env: dict[str, str]) -> Measu
             fail(f"{tool.name} restore did not reproduce the data: {detail}")
     if step.key == "restore" and not ctx.keep:
         shutil.rmtree(ctx.layout.restore(tool.name), ignore_errors=True)
+        ctx.deleted_at = time.monotonic()
     return m
 
 
@@ -966,6 +976,9 @@ def render_markdown(r: Report) -> str:
         f"{r.changes.get('appended', 0)} appended to, {r.changes.get('overwritten', 0)} "
         f"partly overwritten, {r.changes.get('bytes_written', 0):,} bytes written)",
         f"- Page cache: {r.cache_mode}",
+        "- Restores start at least 61 s after the last big deletion (the old work directory, "
+        "the previous tool's verified restore): ext4 does not reuse an inode freed within "
+        "the last 60 s, which otherwise makes creating files slower for whoever comes first.",
         f"- Load average (1 min) at start {r.load_start:.2f}, at end "
         + (f"{r.load_end:.2f}" if r.load_end is not None else "-")
         + "; per step in the detail table. Other work on the machine inflates wall times; "
@@ -1089,6 +1102,7 @@ def main(argv: list[str]) -> int:
     root = args.workdir.resolve()
     layout = Layout(root)
     prepare_workdir(root)
+    wiped_at = time.monotonic()
     for d in (layout.logs(), layout.home(), layout.tmp()):
         d.mkdir(parents=True, exist_ok=True)
     tools = {
@@ -1119,7 +1133,14 @@ def main(argv: list[str]) -> int:
 
     steps = [s for s in STEPS if not (args.no_read_data and s.key == "check-read-data")]
     ctx = Context(
-        layout, paths_web01, paths_web02, drop, args.step_timeout, not args.no_diff, args.keep
+        layout,
+        paths_web01,
+        paths_web02,
+        drop,
+        args.step_timeout,
+        not args.no_diff,
+        args.keep,
+        deleted_at=wiped_at,
     )
     report = Report(
         started=started,
