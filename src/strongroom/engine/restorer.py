@@ -36,7 +36,7 @@ from strongroom.fdcache import ThreadFdCache
 from strongroom.repository import DATA, Node, Repository, Snapshot
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.index import BlobLocation
-from strongroom.repository.pack import PackEntry, open_blob, pack_name
+from strongroom.repository.pack import PackEntry, open_blob_transient, pack_name
 from strongroom.repository.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -146,10 +146,11 @@ class RepositorySource:
 
     def pack_blobs(
         self, pack_id: str, entries: list[PackEntry]
-    ) -> Iterator[tuple[PackEntry, bytes | StrongroomError]]:
+    ) -> Iterator[tuple[PackEntry, bytes | memoryview | StrongroomError]]:
         """Each entry's plaintext (authenticated, checked against its id), or the
         error that says why not; ``entries`` sorted by offset. Neighbouring blobs are
-        read together, in pieces of about READ_SIZE."""
+        read together, in pieces of about READ_SIZE. A plaintext may be a view of a
+        reused buffer: it is valid only until the next one is taken."""
         repo = self.repo
         name = pack_name(pack_id)
         try:
@@ -179,7 +180,10 @@ class RepositorySource:
                     at = entry.offset - start
                     try:
                         ciphertext = data[at : at + entry.length]
-                        yield entry, open_blob(repo.master, cipher, entry, ciphertext, what)
+                        yield (
+                            entry,
+                            open_blob_transient(repo.master, cipher, entry, ciphertext, what),
+                        )
                     except IntegrityError as e:
                         yield entry, e
                 continue
@@ -639,7 +643,7 @@ class Restorer:
 
     # --- writing --------------------------------------------------------------------
 
-    def _put(self, file: _File, at: int, data: bytes | StrongroomError | None) -> None:
+    def _put(self, file: _File, at: int, data: bytes | memoryview | StrongroomError | None) -> None:
         """One write into ``file`` (a blob's data at ``at``, or None: no data); the
         last finishes it. An error drops the file: it never appears under its name."""
         with file.lock:

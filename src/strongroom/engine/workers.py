@@ -80,7 +80,9 @@ class Channel:
 
     def send(self, message: dict[str, Any]) -> None:
         data = _encoder.encode(message)
-        self._writer.write(_LENGTH.pack(len(data)) + data)
+        # Two writes, not one of a concatenation: a batch's blobs are not copied again.
+        self._writer.write(_LENGTH.pack(len(data)))
+        self._writer.write(data)
         self._writer.flush()
 
     def recv(self) -> dict[str, Any] | None:

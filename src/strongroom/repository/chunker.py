@@ -70,8 +70,9 @@ class Chunker:
             if eof:
                 return
             # The buffer was full, so less than max_size is left after pos > max_size:
-            # the two ranges never overlap.
-            buf[: filled - pos] = view[pos:filled]
+            # the two ranges never overlap. Assigned through the view: a bytearray
+            # given a view first copies it to a new bytearray.
+            view[: filled - pos] = view[pos:filled]
             filled -= pos
 
     def split(self, data: bytes | memoryview) -> Iterator[memoryview]:

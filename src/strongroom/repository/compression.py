@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import blake3
 import zstandard
 
 from strongroom.errors import IntegrityError
@@ -20,6 +21,9 @@ MIN_SAVING = 0.02
 
 _local = threading.local()
 PIECE = 256 * 1024
+# Frames up to this size are checked in one per-thread buffer (a chunk is at most
+# 4 MiB); bigger ones piece by piece.
+CHECK_BUFFER = 4 * 1024 * 1024
 
 
 def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | None:
@@ -54,6 +58,50 @@ def decompress_pieces(data: bytes, expected_size: int, what: str) -> Iterator[by
         raise IntegrityError(
             f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
         )
+
+
+def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryview:
+    """``decompress`` into a buffer this thread reuses: the view is valid until the
+    thread's next call. A fresh output buffer per frame costs page faults and zeroing
+    (big buffers are mapped on their own, see cli.main), as much as the decompression
+    itself. For frames up to CHECK_BUFFER bytes."""
+    if expected_size > CHECK_BUFFER:
+        raise ValueError("frame too big for the reused buffer")
+    buffer: memoryview | None = getattr(_local, "check_buffer", None)
+    if buffer is None:
+        buffer = _local.check_buffer = memoryview(bytearray(CHECK_BUFFER + 1))
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    # One byte of room past the expected size, so that a frame with more is seen.
+    room = buffer[: expected_size + 1]
+    total = 0
+    try:
+        with decompressor.stream_reader(data, read_size=len(data)) as reader:
+            while total < len(room):
+                n = reader.readinto(room[total:])
+                if not n:
+                    break
+                total += n
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what}: cannot decompress ({e})") from None
+    if total != expected_size:
+        raise IntegrityError(
+            f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
+        )
+    return room[:total]
+
+
+def decompressed_id(data: bytes, expected_size: int, id_key: bytes, what: str) -> bytes:
+    """The keyed id (BLAKE3) of what ``data`` decompresses to, which must be exactly
+    ``expected_size`` bytes, without keeping that content."""
+    hasher = blake3.blake3(key=id_key, max_threads=1)
+    if expected_size > CHECK_BUFFER:
+        for piece in decompress_pieces(data, expected_size, what):
+            hasher.update(piece)
+    else:
+        hasher.update(decompress_transient(data, expected_size, what))
+    return hasher.digest()
 
 
 def decompress(data: bytes | memoryview, expected_size: int, what: str) -> bytes:

@@ -24,6 +24,7 @@ from strongroom.repository.pack import PackEntry
 
 SLOT = struct.Struct("<16sIIII")
 _PACK_NO = struct.Struct("<I")
+_KEY = struct.Struct("<16s16x")  # a slot's key, the rest skipped
 EMPTY = bytes(16)
 MAX_LOAD = 0.85
 # Growing by 1.25x at 85% full keeps the table at least 68% full: under 48 bytes a chunk.
@@ -160,17 +161,20 @@ class ChunkIndex:
         return self._probe(bid[:16])[1]
 
     def _grow(self) -> None:
-        old, old_n = self._buf, self._nslots
-        self._nslots = int(old_n * GROWTH) + 1
-        self._buf = bytearray(self._nslots * SLOT.size)
-        for slot in range(old_n):
-            pos = slot * SLOT.size
-            key = bytes(old[pos : pos + 16])
-            if key != EMPTY:
-                new_slot, _ = self._probe(key)
-                self._buf[new_slot * SLOT.size : (new_slot + 1) * SLOT.size] = old[
-                    pos : pos + SLOT.size
-                ]
+        old = self._buf
+        self._nslots = n = int(self._nslots * GROWTH) + 1
+        self._buf = buf = bytearray(n * SLOT.size)
+        size = SLOT.size
+        # Keys come out of iter_unpack at C speed; only the filled slots are re-probed.
+        for i, (key,) in enumerate(_KEY.iter_unpack(old)):
+            if key == EMPTY:
+                continue
+            slot = int.from_bytes(key[:8], "little") % n
+            while buf[slot * size : slot * size + 16] != EMPTY:
+                slot += 1
+                if slot == n:
+                    slot = 0
+            buf[slot * size : (slot + 1) * size] = old[i * size : (i + 1) * size]
 
     def by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
         """Every entry grouped by pack, keyed by the stored 16-byte id prefix."""

@@ -16,8 +16,6 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-import blake3
-
 from strongroom.backend import StagedObject
 from strongroom.errors import IntegrityError
 from strongroom.repository import compression
@@ -78,7 +76,10 @@ class PackWriter:
         self._cipher = PackCipher(key)
         self.sink = sink
         self._mem: bytearray | None = bytearray() if sink is None else None
-        self._unwritten = bytearray()  # for a sink: written in pieces of WRITE_SIZE
+        # For a sink: written in pieces of WRITE_SIZE, gathered in one buffer that is
+        # filled in place (a bytearray grown by += is copied at each reallocation).
+        self._unwritten = memoryview(bytearray(WRITE_SIZE)) if sink is not None else None
+        self._filled = 0
         self._sealed = bytearray()
         self._hash = hashlib.sha256()
         self._size = 0
@@ -96,20 +97,23 @@ class PackWriter:
             if self._mem is not None:
                 self._mem += data
             elif len(data) >= WRITE_SIZE:  # written as it is, not copied to the buffer
-                if self._unwritten:
-                    self._write_out()
+                self._write_out()
                 assert self.sink is not None
                 self.sink.write(data)
             else:
-                self._unwritten += data
-                if len(self._unwritten) >= WRITE_SIZE:
+                if self._filled + len(data) > WRITE_SIZE:
                     self._write_out()
+                assert self._unwritten is not None
+                self._unwritten[self._filled : self._filled + len(data)] = data
+                self._filled += len(data)
 
     def _write_out(self) -> None:
-        assert self.sink is not None
-        # A fresh buffer first: a failed write may still hold a view of the old one.
-        data, self._unwritten = self._unwritten, bytearray()
-        self.sink.write(data)
+        """Write what the buffer holds. Every sink copies or writes it before
+        ``write`` returns, so the buffer can be filled again."""
+        if self._filled:
+            assert self.sink is not None and self._unwritten is not None
+            filled, self._filled = self._filled, 0
+            self.sink.write(self._unwritten[:filled])
 
     def add(
         self,
@@ -151,8 +155,7 @@ class PackWriter:
         )
         sealed = self._cipher.encrypt(HEADER_AAD, header)
         self._append(sealed, TRAILER.pack(len(sealed)))
-        if self._unwritten:
-            self._write_out()
+        self._write_out()
         return self._hash.hexdigest(), self._mem
 
     def discard(self) -> None:
@@ -166,16 +169,9 @@ def compress_blob(key: MasterKey, level: int, bid: bytes, data: bytes | memoryvi
     packed = compression.compress(data, level) if len(data) > 64 else None
     if packed is None:
         return None
-    # Compared directly when it is bytes; for a view (a big chunk), its keyed id is
-    # taken piece by piece instead (comparing a view goes byte by byte, and no second
-    # copy of a big chunk is held).
-    if isinstance(data, bytes):
-        ok = compression.decompress(packed, len(data), "blob") == data
-    else:
-        hasher = blake3.blake3(key=key.id_key, max_threads=1)
-        for piece in compression.decompress_pieces(packed, len(data), "blob"):
-            hasher.update(piece)
-        ok = hasher.digest() == bid
+    # Its content's keyed id must be the blob's: a view of a big chunk needs no copy,
+    # and the check's buffer is reused.
+    ok = compression.decompressed_id(packed, len(data), key.id_key, "blob") == bid
     if not ok:
         raise IntegrityError("compression round trip failed; refusing to store")
     return packed
@@ -235,6 +231,20 @@ def open_blob(
     return open_plain(key, entry, plain, what)
 
 
+def open_blob_transient(
+    key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes | memoryview, what: str
+) -> bytes | memoryview:
+    """``open_blob``, but a compressed blob's content may be a view of a buffer this
+    thread reuses, valid until its next call here (for content written out at once)."""
+    plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
+    if not entry.compressed or entry.raw_length > compression.CHECK_BUFFER:
+        return open_plain(key, entry, plain, what)
+    content = compression.decompress_transient(plain, entry.raw_length, what)
+    if blob_id(key.id_key, content) != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
+    return content
+
+
 def open_plain(key: MasterKey, entry: PackEntry, plain: bytes, what: str) -> bytes:
     """A decrypted blob's content, decompressed and checked against its id."""
     if entry.compressed:
@@ -246,21 +256,13 @@ def open_plain(key: MasterKey, entry: PackEntry, plain: bytes, what: str) -> byt
     return plain
 
 
-# Blobs bigger than this are checked without holding their whole plaintext.
-PIECEWISE = 1 << 20
-
-
 def verify_blob(
     key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes | memoryview, what: str
 ) -> None:
     """What ``open_blob`` checks (authenticity, length, id), keeping no plaintext: a
-    big blob is decompressed and hashed piece by piece."""
+    compressed blob is decompressed into a reused buffer and hashed there."""
     plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
-    if not entry.compressed or entry.raw_length <= PIECEWISE:
+    if not entry.compressed:
         open_plain(key, entry, plain, what)
-        return
-    hasher = blake3.blake3(key=key.id_key, max_threads=1)
-    for piece in compression.decompress_pieces(plain, entry.raw_length, what):
-        hasher.update(piece)
-    if hasher.digest() != entry.id:
+    elif compression.decompressed_id(plain, entry.raw_length, key.id_key, what) != entry.id:
         raise IntegrityError(f"{what}: content does not match its id")
