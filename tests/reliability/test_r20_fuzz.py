@@ -426,6 +426,20 @@ test_decompress, test_decompress_soak = fuzz(
 )(_decompress)
 
 
+def _decompress_reused(data: bytes) -> None:
+    # The reused-buffer paths (checking a new blob, restoring, check --read-data).
+    size = int.from_bytes(data[:3], "little") if len(data) >= 3 else 0
+    if size <= compression.CHECK_BUFFER:
+        out = compression.decompress_transient(data[3:], size, "blob")
+        assert len(out) == size
+    assert len(compression.decompressed_id(data[3:], size, bytes(32), "blob")) == 32
+
+
+test_decompress_reused, test_decompress_reused_soak = fuzz(
+    inputs(lambda: [(3000).to_bytes(3, "little") + corpus().zstd])
+)(_decompress_reused)
+
+
 # --- bounded memory -----------------------------------------------------------------------
 
 
