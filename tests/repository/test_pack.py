@@ -94,7 +94,8 @@ def test_a_compressed_blob_is_checked_against_its_id(key: MasterKey, size: int) 
     frame = compress_blob(key, 3, bid, memoryview(data))
     assert frame is not None and len(frame) < size
     # The round trip is checked against the id it is given: a wrong one is refused
-    # (above 4 MiB the check goes piece by piece instead of through the buffer).
+    # (the content passes through a 256 KiB buffer: one piece, several, and a bigger
+    # blob than a chunk can be).
     with pytest.raises(IntegrityError, match="round trip"):
         compress_blob(key, 3, bytes(32), data)
 

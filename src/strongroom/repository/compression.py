@@ -8,7 +8,6 @@ one per frame, and both calls release the GIL.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import blake3
 import zstandard
@@ -21,8 +20,8 @@ MIN_SAVING = 0.02
 
 _local = threading.local()
 PIECE = 256 * 1024
-# Frames up to this size are checked in one per-thread buffer (a chunk is at most
-# 4 MiB); bigger ones piece by piece.
+# Restored blobs up to this size are decompressed into one buffer per thread (a chunk
+# is at most 4 MiB).
 CHECK_BUFFER = 4 * 1024 * 1024
 
 
@@ -37,27 +36,6 @@ def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | No
     if len(out) > len(data) * (1 - MIN_SAVING):
         return None
     return out
-
-
-def decompress_pieces(data: bytes, expected_size: int, what: str) -> Iterator[bytes]:
-    """``decompress`` in pieces of PIECE bytes, for checking a big frame without
-    holding its whole output."""
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    total = 0
-    try:
-        for piece in decompressor.read_to_iter(data, write_size=PIECE):
-            total += len(piece)
-            if total > expected_size:
-                break
-            yield piece
-    except zstandard.ZstdError as e:
-        raise IntegrityError(f"{what}: cannot decompress ({e})") from None
-    if total != expected_size:
-        raise IntegrityError(
-            f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
-        )
 
 
 def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryview:
@@ -94,13 +72,30 @@ def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryvi
 
 def decompressed_id(data: bytes, expected_size: int, id_key: bytes, what: str) -> bytes:
     """The keyed id (BLAKE3) of what ``data`` decompresses to, which must be exactly
-    ``expected_size`` bytes, without keeping that content."""
+    ``expected_size`` bytes, without keeping that content: it passes through a buffer
+    of PIECE bytes that each thread reuses (as fast as one for the whole frame)."""
+    buffer: memoryview | None = getattr(_local, "piece_buffer", None)
+    if buffer is None:
+        buffer = _local.piece_buffer = memoryview(bytearray(PIECE))
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
     hasher = blake3.blake3(key=id_key, max_threads=1)
-    if expected_size > CHECK_BUFFER:
-        for piece in decompress_pieces(data, expected_size, what):
-            hasher.update(piece)
-    else:
-        hasher.update(decompress_transient(data, expected_size, what))
+    total = 0
+    try:
+        with decompressor.stream_reader(data, read_size=len(data)) as reader:
+            while total <= expected_size:
+                n = reader.readinto(buffer)
+                if not n:
+                    break
+                total += n
+                hasher.update(buffer[:n])
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what}: cannot decompress ({e})") from None
+    if total != expected_size:
+        raise IntegrityError(
+            f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
+        )
     return hasher.digest()
 
 
