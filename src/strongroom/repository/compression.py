@@ -25,13 +25,24 @@ PIECE = 256 * 1024
 CHECK_BUFFER = 4 * 1024 * 1024
 
 
+# Frames up to this size get their own context. zstd sizes a context's tables to its
+# input and frees and re-allocates them once they have been 3x too big for 128 frames:
+# one context for small files and big chunks alike did that over and over (fresh
+# memory each time: a quarter of a backup's page faults).
+SMALL_FRAME = 128 * 1024
+
+
 def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | None:
     """zstd frame of ``data``, or None when compression would not pay."""
-    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
-    if compressor is None or _local.level != level:
-        compressor = zstandard.ZstdCompressor(level=level)
-        _local.compressor = compressor
-        _local.level = level
+    compressors: dict[tuple[int, bool], zstandard.ZstdCompressor] | None = getattr(
+        _local, "compressors", None
+    )
+    if compressors is None:
+        compressors = _local.compressors = {}
+    which = (level, len(data) <= SMALL_FRAME)
+    compressor = compressors.get(which)
+    if compressor is None:
+        compressor = compressors[which] = zstandard.ZstdCompressor(level=level)
     out = compressor.compress(data)
     if len(out) > len(data) * (1 - MIN_SAVING):
         return None
