@@ -6,6 +6,7 @@ import hashlib
 import os
 
 import pytest
+import zstandard
 
 from strongroom.backend import MemoryBackend
 from strongroom.errors import IntegrityError
@@ -87,17 +88,20 @@ def test_transient_open_gives_the_same_content_and_checks_it(key: MasterKey) -> 
         open_blob_transient(key, cipher, other, ct, "blob b")
 
 
-@pytest.mark.parametrize("size", [100, 1 << 20, (4 << 20) + 1])
-def test_a_compressed_blob_is_checked_against_its_id(key: MasterKey, size: int) -> None:
+@pytest.mark.parametrize("size", [100, 256 * 1024, 1 << 20, (4 << 20) + 1])
+def test_a_new_frame_is_checked_against_its_content(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
     data = (b"0123456789abcdef" * (size // 16 + 1))[:size]
-    bid = blob_id(key.id_key, data)
-    frame = compress_blob(key, 3, bid, memoryview(data))
+    frame = compress_blob(3, memoryview(data))
     assert frame is not None and len(frame) < size
-    # The round trip is checked against the id it is given: a wrong one is refused
-    # (the content passes through a 256 KiB buffer: one piece, several, and a bigger
-    # blob than a chunk can be).
-    with pytest.raises(IntegrityError, match="round trip"):
-        compress_blob(key, 3, bytes(32), data)
+    # A compressor that returns a frame of something else (one byte off, anywhere:
+    # first piece, last, or the length) is caught, and nothing is stored.
+    for other in (b"X" + data[1:], data[:-1] + b"X", data[:-1], data + b"0"):
+        wrong = zstandard.ZstdCompressor(level=3).compress(other)
+        monkeypatch.setattr("strongroom.repository.compression.compress", lambda d, lv, w=wrong: w)
+        with pytest.raises(IntegrityError, match="round trip"):
+            compress_blob(3, data)
 
 
 def test_compression_only_when_it_pays(key: MasterKey) -> None:

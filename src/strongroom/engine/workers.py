@@ -435,9 +435,7 @@ class ChildSink:
         self._channel.send({"op": "claim", "ids": bids})
         for bid, blob in zip(bids, data or (), strict=False):
             if bid not in self._prepared:
-                self._prepared[bid] = compress_blob(
-                    self._repo.master, self._repo.config.compression_level, bid, blob
-                )
+                self._prepared[bid] = compress_blob(self._repo.config.compression_level, blob)
         reply = self._channel.recv()
         if reply is None or reply.get("op") != "claimed":
             raise WorkerFailed("the parent process went away", 1)

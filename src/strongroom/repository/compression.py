@@ -8,6 +8,7 @@ one per frame, and both calls release the GIL.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import blake3
 import zstandard
@@ -81,17 +82,16 @@ def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryvi
     return room[:total]
 
 
-def decompressed_id(data: bytes, expected_size: int, id_key: bytes, what: str) -> bytes:
-    """The keyed id (BLAKE3) of what ``data`` decompresses to, which must be exactly
-    ``expected_size`` bytes, without keeping that content: it passes through a buffer
-    of PIECE bytes that each thread reuses (as fast as one for the whole frame)."""
+def _pieces(data: bytes, expected_size: int, what: str) -> Iterator[memoryview]:
+    """What ``data`` decompresses to, which must be exactly ``expected_size`` bytes, in
+    views of a buffer of PIECE bytes that each thread reuses (each valid until the
+    next; as fast as one buffer for the whole frame). IntegrityError on any damage."""
     buffer: memoryview | None = getattr(_local, "piece_buffer", None)
     if buffer is None:
         buffer = _local.piece_buffer = memoryview(bytearray(PIECE))
     decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
     if decompressor is None:
         decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    hasher = blake3.blake3(key=id_key, max_threads=1)
     total = 0
     try:
         with decompressor.stream_reader(data, read_size=len(data)) as reader:
@@ -100,14 +100,39 @@ def decompressed_id(data: bytes, expected_size: int, id_key: bytes, what: str) -
                 if not n:
                     break
                 total += n
-                hasher.update(buffer[:n])
+                if total <= expected_size:
+                    yield buffer[:n]
     except zstandard.ZstdError as e:
         raise IntegrityError(f"{what}: cannot decompress ({e})") from None
     if total != expected_size:
         raise IntegrityError(
             f"{what}: decompressed to {total} bytes or more, expected {expected_size}"
         )
+
+
+def decompressed_id(data: bytes, expected_size: int, id_key: bytes, what: str) -> bytes:
+    """The keyed id (BLAKE3) of what ``data`` decompresses to, which must be exactly
+    ``expected_size`` bytes, without keeping that content."""
+    hasher = blake3.blake3(key=id_key, max_threads=1)
+    for piece in _pieces(data, expected_size, what):
+        hasher.update(piece)
     return hasher.digest()
+
+
+def decompresses_to(frame: bytes, content: bytes | memoryview) -> bool:
+    """Whether ``frame`` decompresses to exactly ``content`` (a new frame's round trip),
+    compared piece by piece at memcmp speed: a bytearray compares with any buffer by
+    memcmp, where a memoryview compares item by item."""
+    view = memoryview(content)
+    at = 0
+    try:
+        for piece in _pieces(frame, len(view), "new blob"):
+            if bytearray(piece) != view[at : at + len(piece)]:
+                return False
+            at += len(piece)
+    except IntegrityError:
+        return False
+    return True
 
 
 def decompress(data: bytes | memoryview, expected_size: int, what: str) -> bytes:

@@ -131,7 +131,7 @@ class PackWriter:
         ``raw``: ``data`` is known not to compress; it is stored as it is.
         """
         if compressed is None and not raw:
-            compressed = compress_blob(self._key, self._level, bid, data)
+            compressed = compress_blob(self._level, data)
         flags = 0 if compressed is None else FLAG_COMPRESSED
         payload: bytes | memoryview = data if compressed is None else compressed
         # Sealed into a buffer kept for the pack's life: a big blob's ciphertext is not
@@ -163,16 +163,13 @@ class PackWriter:
             self.sink.discard()
 
 
-def compress_blob(key: MasterKey, level: int, bid: bytes, data: bytes | memoryview) -> bytes | None:
+def compress_blob(level: int, data: bytes | memoryview) -> bytes | None:
     """A blob's zstd frame, checked to decompress to ``data`` (a compressor bug must
     not corrupt a backup), or None when compression does not pay."""
     packed = compression.compress(data, level) if len(data) > 64 else None
     if packed is None:
         return None
-    # Its content's keyed id must be the blob's: a view of a big chunk needs no copy,
-    # and the check's buffer is reused.
-    ok = compression.decompressed_id(packed, len(data), key.id_key, "blob") == bid
-    if not ok:
+    if not compression.decompresses_to(packed, data):
         raise IntegrityError("compression round trip failed; refusing to store")
     return packed
 
