@@ -717,6 +717,13 @@ class Archiver:
             raise UsageError(
                 f"{os.fsdecode(STREAM_ROOT)} exists and is backed up: it is where streams go"
             )
+        try:
+            return self._backup(request, roots, start)
+        except BaseException:
+            self.files_cache.discard()  # the old cache stays; this run's entries go
+            raise
+
+    def _backup(self, request: BackupRequest, roots: list[bytes], start: float) -> BackupResult:
         ready: deque[_PendingDir] = deque()
         own_scanner = self._scanner is None
         if self._scanner is None:
