@@ -951,6 +951,10 @@ class Report:
     load_start: float = 0.0
     load_end: float | None = None
     finished: str = ""
+    # With --rounds N: every round's measurements per tool; ``results`` holds, per
+    # step, the round with the median wall time.
+    rounds: int = 1
+    all_rounds: dict[str, list[list[Measurement]]] = field(default_factory=dict)
 
 
 def shorten(items: list[str], limit: int = 8) -> str:
@@ -976,6 +980,16 @@ def render_markdown(r: Report) -> str:
         f"{r.changes.get('appended', 0)} appended to, {r.changes.get('overwritten', 0)} "
         f"partly overwritten, {r.changes.get('bytes_written', 0):,} bytes written)",
         f"- Page cache: {r.cache_mode}",
+        *(
+            [
+                f"- Rounds: {r.rounds}; the tools take turns in a new order each round, "
+                "each on a fresh repository. Each figure is from the round with the median "
+                "wall time for that tool and step (CPU, RSS and sizes from that same run); "
+                "every round is in the JSON (`all_rounds`) and in the detail table."
+            ]
+            if r.rounds > 1
+            else []
+        ),
         "- Restores start at least 61 s after the last big deletion (the old work directory, "
         "the previous tool's verified restore): ext4 does not reuse an inode freed within "
         "the last 60 s, which otherwise makes creating files slower for whoever comes first.",
@@ -999,7 +1013,8 @@ def render_markdown(r: Report) -> str:
         lines += ["## Failures", "", *(f"- {f}" for f in r.failures), ""]
     for metric in METRICS:
         lines += [f"## {metric.title}", "", metric_table(metric, r.results, r.tools), ""]
-    lines += ["## All measurements", "", detail_table(r.results), ""]
+    every = r.results if r.rounds == 1 else _every_round(r)
+    lines += ["## All measurements", "", detail_table(every), ""]
     lines += ["## Commands", ""]
     for tool_results in r.results.values():
         for meas in tool_results:
@@ -1009,11 +1024,34 @@ def render_markdown(r: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _every_round(r: Report) -> dict[str, list[Measurement]]:
+    """All rounds' measurements per tool, in round order (for the detail table)."""
+    return {tool: [m for round_ in rounds for m in round_] for tool, rounds in r.all_rounds.items()}
+
+
+def median_round(rounds: list[list[Measurement]]) -> list[Measurement]:
+    """Per step, the measurement with the median wall time among the rounds that
+    succeeded (the lower of the two middle ones for an even count); a step that never
+    succeeded keeps its first round's failure."""
+    chosen: list[Measurement] = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds if i < len(r)]
+        good = sorted(
+            (m for m in runs if m.status in ("ok", "warning") and m.wall_s is not None),
+            key=lambda m: m.wall_s or 0.0,
+        )
+        chosen.append(good[(len(good) - 1) // 2] if good else first)
+    return chosen
+
+
 def write_results(report: Report, name: str, results_dir: Path) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     md_path, json_path = results_dir / f"{name}.md", results_dir / f"{name}.json"
     doc = asdict(report)
-    for tool_results in doc["results"].values():
+    everything = [*doc["results"].values()] + [
+        r for rounds in doc["all_rounds"].values() for r in rounds
+    ]
+    for tool_results in everything:
         for item in tool_results:
             if item["cpu_user_s"] is not None and item["cpu_sys_s"] is not None:
                 item["cpu_s"] = item["cpu_user_s"] + item["cpu_sys_s"]
@@ -1050,6 +1088,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--tools",
         default=",".join(ALL_TOOLS),
         help="comma-separated subset of " + ",".join(ALL_TOOLS),
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every tool's steps this many times (fresh repositories, tools in turn) "
+        "and report each step's median-wall-time run (default %(default)s)",
     )
     p.add_argument(
         "--keep",
@@ -1156,10 +1201,25 @@ def main(argv: list[str]) -> int:
         failures=FAILURES,
         load_start=load_average(),
     )
-    for name, tool in tools.items():
-        print(f"bench: {name} ({report.versions[name]})", flush=True)
-        report.results[name] = run_tool(tool, ctx, steps)
-        write_results(report, args.name, args.results_dir)  # partial results survive a crash
+    report.rounds = max(1, args.rounds)
+    names = list(tools)
+    for round_no in range(report.rounds):
+        # A new order each round: no tool always runs first (or right after another).
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for name in order:
+            tool = tools[name]
+            if round_no:
+                for old in (tool.repo, layout.cache(name), layout.restore(name)):
+                    shutil.rmtree(old, ignore_errors=True)
+                ctx.deleted_at = time.monotonic()
+            label = f" round {round_no + 1}/{report.rounds}" if report.rounds > 1 else ""
+            print(f"bench: {name} ({report.versions[name]}){label}", flush=True)
+            measured = run_tool(tool, ctx, steps)
+            report.all_rounds.setdefault(name, []).append(measured)
+            report.results[name] = median_round(report.all_rounds[name])
+            write_results(report, args.name, args.results_dir)  # partial results survive
+    if report.rounds == 1:
+        report.all_rounds = {}  # the same as results
     report.finished = now()
     report.load_end = load_average()
     md_path, json_path = write_results(report, args.name, args.results_dir)
