@@ -1,8 +1,9 @@
 """zstd compression, skipped for data that does not compress.
 
-python-zstandard, with one compression and one decompression context per thread:
-reusing a decompression context halves the cost of small blobs compared with a new
-one per frame, and both calls release the GIL.
+python-zstandard, with contexts and output buffers kept per thread: reusing a
+decompression context halves the cost of small blobs compared with a new one per
+frame, a reused output buffer saves the page faults of a fresh one (big buffers are
+mapped on their own, see cli.main), and the calls release the GIL.
 """
 
 from __future__ import annotations
@@ -50,19 +51,32 @@ def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | No
     return out
 
 
-def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryview:
-    """``decompress`` into a buffer this thread reuses: the view is valid until the
-    thread's next call. A fresh output buffer per frame costs page faults and zeroing
-    (big buffers are mapped on their own, see cli.main), as much as the decompression
-    itself. For frames up to CHECK_BUFFER bytes."""
-    if expected_size > CHECK_BUFFER:
-        raise ValueError("frame too big for the reused buffer")
-    buffer: memoryview | None = getattr(_local, "check_buffer", None)
-    if buffer is None:
-        buffer = _local.check_buffer = memoryview(bytearray(CHECK_BUFFER + 1))
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context."""
     decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
     if decompressor is None:
         decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def _buffer(name: str, size: int) -> memoryview:
+    """This thread's output buffer called ``name``, of ``size`` bytes."""
+    buffer: memoryview | None = getattr(_local, name, None)
+    if buffer is None:
+        buffer = memoryview(bytearray(size))
+        setattr(_local, name, buffer)
+    return buffer
+
+
+def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryview:
+    """``decompress`` into a buffer this thread reuses: the view is valid until the
+    thread's next call. A fresh output buffer per frame costs page faults and zeroing
+    (twice the decompression itself for 1 MiB frames). For frames up to CHECK_BUFFER
+    bytes."""
+    if expected_size > CHECK_BUFFER:
+        raise ValueError("frame too big for the reused buffer")
+    buffer = _buffer("check_buffer", CHECK_BUFFER + 1)
+    decompressor = _decompressor()
     # One byte of room past the expected size, so that a frame with more is seen.
     room = buffer[: expected_size + 1]
     total = 0
@@ -86,12 +100,8 @@ def _pieces(data: bytes, expected_size: int, what: str) -> Iterator[memoryview]:
     """What ``data`` decompresses to, which must be exactly ``expected_size`` bytes, in
     views of a buffer of PIECE bytes that each thread reuses (each valid until the
     next; as fast as one buffer for the whole frame). IntegrityError on any damage."""
-    buffer: memoryview | None = getattr(_local, "piece_buffer", None)
-    if buffer is None:
-        buffer = _local.piece_buffer = memoryview(bytearray(PIECE))
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    buffer = _buffer("piece_buffer", PIECE)
+    decompressor = _decompressor()
     total = 0
     try:
         with decompressor.stream_reader(data, read_size=len(data)) as reader:
@@ -138,9 +148,7 @@ def decompresses_to(frame: bytes, content: bytes | memoryview) -> bool:
 def decompress(data: bytes | memoryview, expected_size: int, what: str) -> bytes:
     """Decompress exactly one frame, refusing to produce more than ``expected_size``
     bytes (a hostile header cannot make it allocate more)."""
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    decompressor = _decompressor()
     try:
         declared = zstandard.frame_content_size(data)
         if declared not in (expected_size, -1):
