@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 BLOCK = 4096
@@ -196,3 +197,18 @@ def differences(expected: TreeDescription, actual: TreeDescription) -> list[str]
             f"!= {sorted(map(sorted, actual.hardlink_groups()))}"
         )
     return out
+
+
+def user_xattrs_supported(directory: Path) -> bool:
+    """Whether the filesystem holding ``directory`` takes user xattrs."""
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
+    finally:
+        probe.unlink()
+    return True

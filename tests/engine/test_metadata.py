@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli, cli_subprocess
-from tests.engine.metawalk import describe, differences
+from tests.engine.metawalk import describe, differences, user_xattrs_supported
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown)")
 
@@ -75,20 +75,6 @@ def watch_opens(path: Path) -> Iterator[list[bytes]]:
 
 
 # --- building the source tree -------------------------------------------------------
-
-
-def _user_xattrs_supported(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
 
 
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 16, 32
@@ -243,7 +229,7 @@ def build_source(src: Path) -> dict[str, object]:
         os.chmod(path, mode)
 
     # xattrs on a file and a directory, when the filesystem takes user xattrs
-    facts["xattrs"] = _user_xattrs_supported(src)
+    facts["xattrs"] = user_xattrs_supported(src)
     if facts["xattrs"]:
         os.setxattr(src / "file.txt", "user.comment", b"a comment")
         os.setxattr(src / "file.txt", "user.binary", b"\x00\xff\x00 binary")
@@ -476,7 +462,7 @@ def _small_tree(src: Path) -> int:
     (src / "sub" / "c.txt").write_bytes(b"c\n")
     os.symlink("a.txt", src / "link")
     os.mkfifo(src / "fifo")
-    if _user_xattrs_supported(src):
+    if user_xattrs_supported(src):
         os.setxattr(src / "a.txt", "user.note", b"kept across backups")
         os.setxattr(src / "sub", "user.note", b"on the directory")
     # Files modified within seconds of a backup are read again next time (racy mtimes):

@@ -21,7 +21,6 @@ record which batches it backed up, so no test passes without a worker doing the 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ from strongroom.repository import DATA, TREE, Node, Repository
 from strongroom.repository.crypto import SALT_SIZE
 from strongroom.repository.pack import PACK_MAGIC
 from tests.conftest import PASSWORD, cli
-from tests.engine.metawalk import TreeDescription, describe, differences
+from tests.engine.metawalk import TreeDescription, describe, differences, user_xattrs_supported
 from tests.reliability.helpers import (
     SEED,
     Manifest,
@@ -604,20 +603,6 @@ def test_full_disk_in_a_worker_is_reported_as_in_process(
 # --- 4. the same snapshot with and without worker processes -------------------------------
 
 
-def _xattrs_supported(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
-
-
 def _parity_tree(src: Path) -> list[bytes]:
     """Files of every kind the worker reads, spread over many batches: modes, ns times,
     symlinks, hard links, a sparse file, xattrs, names that are not UTF-8, files big
@@ -651,7 +636,7 @@ def _parity_tree(src: Path) -> list[bytes]:
     for name in (b"bad-\xff\xfe", b"new\nline", b"\xe9t\xe9"):
         with open(os.fsencode(many / "d7") + b"/" + name, "wb") as f:
             f.write(name * 100)
-    if _xattrs_supported(many):
+    if user_xattrs_supported(many):
         os.setxattr(many / "d8" / "f8", "user.comment", b"read by whichever process")
         os.setxattr(many / "d9" / "f9", "user.binary", b"\x00\xff")
     if os.geteuid() == 0:
