@@ -122,13 +122,9 @@ class FilesCache:
             if self._problem is not None:
                 return
             try:
-                if self._spool is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    _remove_stale_spools(self.path)
-                    self._spool = self._tmp.open("wb")
-                    self._spool.write(_MAP32.pack(0xDF, 0))
-                self._spool.write(_encoder.encode(path))
-                self._spool.write(memoryview(raw))
+                spool = self._spool or self._open_spool()
+                spool.write(_encoder.encode(path))
+                spool.write(memoryview(raw))
                 self._spooled += 1
             except OSError as e:
                 self._problem = f"files cache {self.path} not saved: {e.strerror}"
@@ -146,13 +142,10 @@ class FilesCache:
         with self._lock:
             try:
                 if self._problem is None:
-                    if self._spool is None:  # nothing seen: an empty cache
-                        self.path.parent.mkdir(parents=True, exist_ok=True)
-                        self._spool = self._tmp.open("wb")
-                        self._spool.write(_MAP32.pack(0xDF, 0))
-                    self._spool.seek(0)
-                    self._spool.write(_MAP32.pack(0xDF, self._spooled))
-                    self._spool.close()
+                    spool = self._spool or self._open_spool()  # nothing seen: empty
+                    spool.seek(0)
+                    spool.write(_MAP32.pack(0xDF, self._spooled))
+                    spool.close()
                     self._spool = None
                     os.replace(self._tmp, self.path)
             except OSError as e:
@@ -160,6 +153,15 @@ class FilesCache:
             if self._problem is not None:
                 self._close_spool()
             return self._problem
+
+    def _open_spool(self) -> BinaryIO:
+        """Start this run's file (under the lock): a map header, its count to come."""
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_spools(self.path)
+        self._spool = self._tmp.open("wb")
+        self._spool.write(_MAP32.pack(0xDF, 0))
+        return self._spool
 
     def discard(self) -> None:
         """Throw away what this run spooled (a backup that failed keeps the old cache)."""

@@ -71,7 +71,6 @@ class PackWriter:
     def __init__(
         self, key: MasterKey, compression_level: int, sink: StagedObject | None = None
     ) -> None:
-        self._key = key
         self._level = compression_level
         self._cipher = PackCipher(key)
         self.sink = sink
@@ -237,8 +236,7 @@ def open_blob_transient(
     if not entry.compressed or entry.raw_length > compression.CHECK_BUFFER:
         return open_plain(key, entry, plain, what)
     content = compression.decompress_transient(plain, entry.raw_length, what)
-    if blob_id(key.id_key, content) != entry.id:
-        raise IntegrityError(f"{what}: content does not match its id")
+    _check_id(key, entry, content, what)
     return content
 
 
@@ -248,9 +246,13 @@ def open_plain(key: MasterKey, entry: PackEntry, plain: bytes, what: str) -> byt
         plain = compression.decompress(plain, entry.raw_length, what)
     elif len(plain) != entry.raw_length:
         raise IntegrityError(f"{what}: length {len(plain)} does not match the index")
-    if blob_id(key.id_key, plain) != entry.id:
-        raise IntegrityError(f"{what}: content does not match its id")
+    _check_id(key, entry, plain, what)
     return plain
+
+
+def _check_id(key: MasterKey, entry: PackEntry, content: bytes | memoryview, what: str) -> None:
+    if blob_id(key.id_key, content) != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
 
 
 def verify_blob(
