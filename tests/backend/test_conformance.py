@@ -23,6 +23,7 @@ from strongroom.backend import (
     ObjectNotFound,
     PermanentError,
     TransientError,
+    load_into,
 )
 from strongroom.backend.faults import FaultyBackend
 from strongroom.backend.local import TEMP_PREFIX
@@ -135,6 +136,28 @@ def test_short_range_read_raises(backend: Backend, offset: int, length: int) -> 
     backend.save("obj", bytes(1024))
     with pytest.raises(BackendError):
         backend.load("obj", offset, length)
+
+
+def test_range_loads_into_a_buffer(backend: Backend) -> None:
+    """``load_into`` (the backend's own where it has one) fills exactly the view given."""
+    data = bytes(range(256)) * 4
+    backend.save("obj", data)
+    buffer = bytearray(b"\xee" * 64)
+    view = memoryview(buffer)
+    load_into(backend, "obj", 100, view[8:58])
+    assert buffer[8:58] == data[100:150]
+    assert buffer[:8] == b"\xee" * 8 and buffer[58:] == b"\xee" * 6
+    load_into(backend, "obj", len(data) - 7, view[:7])
+    assert buffer[:7] == data[-7:]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, 1025), (1000, 25), (2000, 5)])
+def test_short_or_missing_load_into_raises(backend: Backend, offset: int, length: int) -> None:
+    backend.save("obj", bytes(1024))
+    with pytest.raises(BackendError):
+        load_into(backend, "obj", offset, memoryview(bytearray(length)))
+    with pytest.raises(ObjectNotFound):
+        load_into(backend, "absent", 0, memoryview(bytearray(4)))
 
 
 def test_overwrite_replaces_the_object(backend: Backend) -> None:

@@ -357,6 +357,32 @@ def test_path_longer_than_path_max_round_trips(repo_path: Path, tmp_path: Path) 
     shutil.rmtree(target, ignore_errors=True)
 
 
+def test_tree_deeper_than_the_restore_descriptor_cache_round_trips(
+    repo_path: Path, tmp_path: Path
+) -> None:
+    """Restore threads open a directory from its nearest open ancestor and keep 64
+    open (DIR_CACHE): a tree 150 levels deep, with files and side branches on the
+    way down, makes them reopen and evict ancestors while going deeper."""
+    src = tmp_path / "src"
+    current = src
+    for level in range(150):
+        current = current / "d"
+        current.mkdir(parents=True)
+        (current / f"f{level}").write_bytes(b"level %d\n" % level * (level + 1))
+        if level % 10 == 0:
+            side = current / "side"
+            side.mkdir()
+            (side / "s").write_bytes(b"side %d\n" % level)
+            os.utime(side, ns=(BASE_NS + level, BASE_NS + level))
+    r = cli("--repo", str(repo_path), "backup", "--client", "deep", str(src))
+    assert r.code == 0, r.stderr
+    target = tmp_path / "target"
+    r = cli("--repo", str(repo_path), "restore", "latest", "--target", str(target), "--verify")
+    assert r.code == 0, r.stderr
+    assert differences(describe(src), describe(target / src.relative_to("/"))) == []
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def test_verify_of_a_large_sparse_file_runs_in_bounded_memory(
     repo_path: Path, tmp_path: Path
 ) -> None:

@@ -111,6 +111,27 @@ def test_pack_cipher_rejects_truncated_input(key: MasterKey) -> None:
     cipher = PackCipher(key)
     with pytest.raises(IntegrityError):
         cipher.decrypt(b"aad", b"short", "b")
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_into(b"aad", b"short", memoryview(bytearray(64)), "b")
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 1 << 20])
+def test_decrypt_into_a_reused_buffer(key: MasterKey, size: int) -> None:
+    """The plaintext lands at the start of the buffer given, which may be bigger and
+    hold an earlier blob's bytes; a damaged ciphertext is refused."""
+    cipher = PackCipher(key)
+    plain = os.urandom(size)
+    ct = cipher.encrypt(b"aad", plain)
+    buffer = memoryview(bytearray(b"\xff" * (size + 100)))
+    got = cipher.decrypt_into(b"aad", ct, buffer, "b")
+    assert bytes(got) == plain and len(got) == size
+    assert bytes(buffer[size:]) == b"\xff" * 100
+    damaged = bytearray(ct)
+    damaged[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_into(b"aad", bytes(damaged), buffer, "b")
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_into(b"other aad", ct, buffer, "b")
 
 
 # --- ids ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from strongroom.backend.base import (
     PermanentError,
     StagedObject,
     TransientError,
+    load_into,
 )
 from strongroom.backend.local import LocalBackend
 from strongroom.backend.memory import MemoryBackend
@@ -27,6 +28,7 @@ __all__ = [
     "PermanentError",
     "StagedObject",
     "TransientError",
+    "load_into",
     "open_backend",
 ]
 

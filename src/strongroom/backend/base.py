@@ -85,6 +85,17 @@ class Backend(Protocol):
         """Release resources."""
 
 
+def load_into(backend: Backend, name: str, offset: int, out: memoryview) -> None:
+    """Fill ``out`` with the bytes of ``name`` from ``offset`` on: straight into it
+    where the backend can (a local file: no new buffer, so no fresh pages to fault in),
+    else from ``load``. ObjectNotFound if absent or shorter."""
+    reader = getattr(backend, "load_into", None)
+    if reader is not None:
+        reader(name, offset, out)
+        return
+    out[:] = backend.load(name, offset, len(out))
+
+
 def validate_name(name: str) -> str:
     """Refuse names that could escape the backend's root."""
     parts = name.split("/")

@@ -94,6 +94,16 @@ class LocalBackend:
             raise ObjectNotFound(f"loading {name}: short read ({len(data)} of {length} bytes)")
         return data
 
+    def load_into(self, name: str, offset: int, out: memoryview) -> None:
+        """``load`` of ``len(out)`` bytes from ``offset``, read straight into ``out``."""
+        path = self._path(name)
+        try:
+            got = os.preadv(self._range_fd(name, path), [out], offset)
+        except OSError as e:
+            raise _translate(e, f"loading {name}") from e
+        if got != len(out):
+            raise ObjectNotFound(f"loading {name}: short read ({got} of {len(out)} bytes)")
+
     def _range_fd(self, name: str, path: Path) -> int:
         """A descriptor for ranged reads, kept open per thread: restores read many
         blobs from the same pack. Objects are immutable, so a cached descriptor never

@@ -28,12 +28,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from strongroom.backend import ObjectNotFound
+from strongroom.backend import ObjectNotFound, load_into
 from strongroom.engine.walk import load_tree
 from strongroom.engine.workers import Worker
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
 from strongroom.fdcache import ThreadFdCache
 from strongroom.repository import DATA, Node, Repository, Snapshot
+from strongroom.repository.compression import thread_buffer
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.index import BlobLocation
 from strongroom.repository.pack import PackEntry, open_blob_transient, pack_name
@@ -166,10 +167,12 @@ class RepositorySource:
             return
         for group in _read_groups(entries):
             start = group[0].offset
+            length = group[-1].offset + group[-1].length - start
+            # Read into a buffer this thread reuses (a fresh one costs page faults):
+            # each blob in it is decrypted before the next group is read.
+            data = thread_buffer("pack_read", length)[:length]
             try:
-                data = memoryview(
-                    repo.backend.load(name, start, group[-1].offset + group[-1].length - start)
-                )
+                load_into(repo.backend, name, start, data)
             except ObjectNotFound as e:
                 failed: StrongroomError = IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
             except (IntegrityError, StorageError) as e:
@@ -332,8 +335,11 @@ class Restorer:
             for parts, node, first in self._deferred_links:
                 self._link(root_fd, parts, node, first)
             # Directory times last, deepest first, so writing children cannot change them.
-            for parts, node in sorted(self._dirs, key=lambda d: -len(d[0])):
-                self._set_dir_metadata(root_fd, parts, node)
+            try:
+                for parts, node in sorted(self._dirs, key=lambda d: -len(d[0])):
+                    self._set_dir_metadata(parts, node)
+            finally:
+                self._close_dir_fds()
             if request.verify:
                 self._verify(root_fd)
         finally:
@@ -739,8 +745,24 @@ class Restorer:
         return setgid
 
     def _dir_fd(self, parts: tuple[bytes, ...]) -> int:
-        """This thread's descriptor for a directory of the target (a few kept open)."""
-        return self._dir_fds.get(parts, lambda: open_dir_chain(self._root_fd, parts))
+        """This thread's descriptor for a directory of the target (a few kept open),
+        opened from its nearest open ancestor's, one name at a time, never following
+        a symlink."""
+        if not parts:
+            return self._root_fd
+        cache = self._dir_fds
+        fd = cache.lookup(parts)
+        if fd is not None:
+            return fd
+        known = len(parts) - 1  # how deep the nearest open ancestor is
+        while known > 0 and (fd := cache.lookup(parts[:known])) is None:
+            known -= 1
+        if fd is None:
+            fd = self._root_fd
+        for depth in range(known + 1, len(parts) + 1):
+            fd = os.open(parts[depth - 1], DIR_FLAGS, dir_fd=fd)
+            cache.put(parts[:depth], fd)
+        return fd
 
     def _close_dir_fds(self) -> None:
         self._dir_fds.close()
@@ -847,9 +869,9 @@ class Restorer:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         self._warn(parts, f"cannot restore {what}: {reason}")
 
-    def _set_dir_metadata(self, root_fd: int, parts: tuple[bytes, ...], node: Node) -> None:
+    def _set_dir_metadata(self, parts: tuple[bytes, ...], node: Node) -> None:
         try:
-            fd = open_dir_chain(root_fd, parts)
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=self._dir_fd(parts[:-1]))
         except OSError as e:
             self._warn(parts, f"cannot set metadata: {e.strerror}")
             return

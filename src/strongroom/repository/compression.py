@@ -59,23 +59,25 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
-def _buffer(name: str, size: int) -> memoryview:
-    """This thread's output buffer called ``name``, of ``size`` bytes."""
+def thread_buffer(name: str, size: int) -> memoryview:
+    """This thread's buffer called ``name``, of at least ``size`` bytes (made bigger
+    when a caller needs more). Its contents are valid until the thread's next use of
+    the same name."""
     buffer: memoryview | None = getattr(_local, name, None)
-    if buffer is None:
+    if buffer is None or len(buffer) < size:
         buffer = memoryview(bytearray(size))
         setattr(_local, name, buffer)
     return buffer
 
 
-def decompress_transient(data: bytes, expected_size: int, what: str) -> memoryview:
+def decompress_transient(data: bytes | memoryview, expected_size: int, what: str) -> memoryview:
     """``decompress`` into a buffer this thread reuses: the view is valid until the
     thread's next call. A fresh output buffer per frame costs page faults and zeroing
     (twice the decompression itself for 1 MiB frames). For frames up to CHECK_BUFFER
     bytes."""
     if expected_size > CHECK_BUFFER:
         raise ValueError("frame too big for the reused buffer")
-    buffer = _buffer("check_buffer", CHECK_BUFFER + 1)
+    buffer = thread_buffer("check_buffer", CHECK_BUFFER + 1)
     decompressor = _decompressor()
     # One byte of room past the expected size, so that a frame with more is seen.
     room = buffer[: expected_size + 1]
@@ -100,7 +102,7 @@ def _pieces(data: bytes, expected_size: int, what: str) -> Iterator[memoryview]:
     """What ``data`` decompresses to, which must be exactly ``expected_size`` bytes, in
     views of a buffer of PIECE bytes that each thread reuses (each valid until the
     next; as fast as one buffer for the whole frame). IntegrityError on any damage."""
-    buffer = _buffer("piece_buffer", PIECE)
+    buffer = thread_buffer("piece_buffer", PIECE)
     decompressor = _decompressor()
     total = 0
     try:

@@ -105,6 +105,21 @@ class PackCipher:
         self._counter += 1
         return nonce
 
+    def decrypt_into(
+        self, aad: bytes, data: bytes | memoryview, out: memoryview, what: str
+    ) -> memoryview:
+        """``decrypt`` into the start of ``out`` (at least ``len(data) - BLOB_OVERHEAD``
+        bytes; no new buffer): the plaintext's view of it. On failure what ``out``
+        holds is garbage, never to be used."""
+        if len(data) < BLOB_OVERHEAD:
+            raise IntegrityError(f"{what}: truncated")
+        plain = out[: len(data) - BLOB_OVERHEAD]
+        try:
+            self._aead.decrypt_into(data[:NONCE_SIZE], data[NONCE_SIZE:], aad, plain)
+        except InvalidTag:
+            raise IntegrityError(f"{what}: authentication failed (damaged or tampered)") from None
+        return plain
+
     def decrypt(self, aad: bytes, data: bytes | memoryview, what: str) -> bytes:
         if len(data) < BLOB_OVERHEAD:
             raise IntegrityError(f"{what}: truncated")

@@ -231,11 +231,23 @@ def open_blob_transient(
     key: MasterKey, cipher: PackCipher, entry: PackEntry, ciphertext: bytes | memoryview, what: str
 ) -> bytes | memoryview:
     """``open_blob``, but a compressed blob's content may be a view of a buffer this
-    thread reuses, valid until its next call here (for content written out at once)."""
-    plain = cipher.decrypt(blob_aad(entry.type, entry.id), ciphertext, what)
-    if not entry.compressed or entry.raw_length > compression.CHECK_BUFFER:
-        return open_plain(key, entry, plain, what)
-    content = compression.decompress_transient(plain, entry.raw_length, what)
+    thread reuses, valid until its next call here (for content written out at once).
+    The plaintext goes to a reused buffer too: fresh ones cost page faults."""
+    plain = cipher.decrypt_into(
+        blob_aad(entry.type, entry.id),
+        ciphertext,
+        compression.thread_buffer("plaintext", len(ciphertext)),
+        what,
+    )
+    content: bytes | memoryview
+    if not entry.compressed:
+        if len(plain) != entry.raw_length:
+            raise IntegrityError(f"{what}: length {len(plain)} does not match the index")
+        content = plain
+    elif entry.raw_length <= compression.CHECK_BUFFER:
+        content = compression.decompress_transient(plain, entry.raw_length, what)
+    else:
+        content = compression.decompress(plain, entry.raw_length, what)
     _check_id(key, entry, content, what)
     return content
 
