@@ -26,7 +26,7 @@ SETUP = textwrap.dedent(
     from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
     from strongroom.engine.scan import TreeScanner
     from strongroom.engine.walk import walk
-    from strongroom.engine.workers import ScanProcess
+    from strongroom.engine.scanproc import ScanProcess
     from strongroom.errors import StrongroomError
     from strongroom.repository import TEST_KDF, Repository
 
@@ -157,3 +157,23 @@ def test_no_scanner_process_beside_a_second_thread(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_backup_command_forks_its_scanner_before_loading_the_heavy_code() -> None:
+    """The scanner starts listing while the cryptography and storage code loads: the
+    entry point and the backup command's module (all that runs before the fork) must
+    not import them."""
+    code = (
+        "import sys\n"
+        "import strongroom.cli.main, strongroom.cli.commands.backup\n"
+        "from strongroom.engine.scanproc import start_scan\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('cryptography', 'zstandard', 'blake3', 'pydantic', 'sqlalchemy', 'boto3') "
+        "or m in ('strongroom.repository.repository', 'strongroom.backend.local', "
+        "'strongroom.engine.archiver'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out

@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from strongroom.backend import open_backend
 from strongroom.clock import Clock, SystemClock
 from strongroom.errors import IntegrityError, UsageError, WrongPasswordError
-from strongroom.repository import TEST_KDF, KdfParams, Repository, Snapshot
-from strongroom.repository.locks import RepositoryLock
 
 if TYPE_CHECKING:
     from strongroom.catalog import Catalog
     from strongroom.config import Config
+    from strongroom.repository import KdfParams, Repository, Snapshot
+    from strongroom.repository.locks import RepositoryLock
 
 
 @dataclass
@@ -138,6 +137,8 @@ class App:
         return max(0, (os.cpu_count() or 1) - 1)
 
     def kdf(self) -> KdfParams:
+        from strongroom.repository import TEST_KDF, KdfParams
+
         # For test suites only: makes key derivation instant and key files weak.
         if os.environ.get("STRONGROOM_INSECURE_TEST_KDF") == "1":
             return TEST_KDF
@@ -148,6 +149,10 @@ class App:
         self, *, load_index: bool = True, lock: str | None = "shared", purpose: str = ""
     ) -> Iterator[Repository]:
         """Open, unlock and (by default) share-lock the repository for one command."""
+        from strongroom.backend import open_backend
+        from strongroom.repository import Repository
+        from strongroom.repository.locks import RepositoryLock
+
         url, password = self.repository_target()
         backend = open_backend(url)
         try:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
 from strongroom.clock import Clock
+from strongroom.engine import scanproc
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
-from strongroom.engine.scan import Scanner, TreeScanner
+from strongroom.engine.scan import Scanner
+from strongroom.engine.scanproc import directory_roots, normalize_paths
 from strongroom.engine.sink import BlobSink, RepositorySink
 from strongroom.engine.streams import (
     STREAM_ROOT,
@@ -37,7 +39,6 @@ from strongroom.engine.streams import (
     stream_path,
 )
 from strongroom.engine.workers import Worker, WorkerFailed, pack_entries
-from strongroom.engine.workers import start_scan as start_scan_process
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -711,7 +712,7 @@ class Archiver:
 
     def backup(self, request: BackupRequest) -> BackupResult:
         start = self.clock.monotonic()
-        roots = _normalize_paths(request.paths, streams=bool(request.streams))
+        roots = normalize_paths(request.paths, streams=bool(request.streams))
         check_stream_names([s.name for s in request.streams], roots)
         if request.streams and roots == [b"/"] and os.path.lexists(STREAM_ROOT):
             raise UsageError(
@@ -728,7 +729,7 @@ class Archiver:
         own_scanner = self._scanner is None
         if self._scanner is None:
             self._scanner = start_scan(request)
-        elif sorted(self._scanner.roots) != sorted(_directory_roots(roots)) or (
+        elif sorted(self._scanner.roots) != sorted(directory_roots(roots)) or (
             self._scanner.excludes != [os.fsencode(p) for p in request.excludes]
         ):
             raise ValueError("the scanner was started for another backup request")
@@ -864,43 +865,8 @@ def _files_read(pending: _PendingDir) -> bool:
     return True
 
 
-def _normalize_paths(paths: Sequence[str], *, streams: bool = False) -> list[bytes]:
-    """Absolute, normalized paths with any path inside another one dropped."""
-    if not paths and not streams:
-        raise UsageError("nothing to back up: give at least one path or stream")
-    result: list[bytes] = []
-    for p in sorted({os.path.normpath(os.path.abspath(os.fsencode(p))) for p in paths}):
-        if p == b"/":
-            return [b"/"]
-        if not any(p.startswith(r + b"/") for r in result):
-            result.append(p)
-    return result
-
-
-def _directory_roots(roots: list[bytes]) -> list[bytes]:
-    """The roots the walk lists (directories; a file or link is backed up on its own)."""
-    result = []
-    for root in roots:
-        try:
-            if stat.S_ISDIR(os.lstat(root).st_mode):
-                result.append(root)
-        except OSError:
-            pass  # reported by the walk
-    return result
-
-
 def start_scan(request: BackupRequest, *, process: bool = True) -> Scanner:
-    """Start listing the directories ``request`` backs up (before the repository is
-    even open, if the caller likes); hand it to the Archiver, and close it after.
-    ``process``: in a process of its own, where this one can still fork."""
-    roots = _normalize_paths(request.paths, streams=bool(request.streams))
-    ordered = _in_walk_order(_directory_roots(roots))
-    excludes = [os.fsencode(p) for p in request.excludes]
-    if process:
-        return start_scan_process(ordered, excludes)
-    return TreeScanner(ordered, excludes)
-
-
-def _in_walk_order(roots: list[bytes]) -> list[bytes]:
-    """Roots in the order the walk reaches them: name by name down the path."""
-    return sorted(roots, key=lambda root: root.split(b"/"))
+    """``scanproc.start_scan`` for what ``request`` backs up."""
+    return scanproc.start_scan(
+        request.paths, request.excludes, streams=bool(request.streams), process=process
+    )

@@ -22,7 +22,7 @@ import msgspec
 from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
 from strongroom.repository.tree import DIR, Node
 
-SCAN_THREADS = 3
+SCAN_THREADS = 2
 MAX_AHEAD = 512
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -60,8 +60,7 @@ def scan_directory(path: bytes, excludes: Sequence[bytes]) -> Listing:
         return listing
     try:
         listing.xattrs = read_xattrs(fd)
-        with os.scandir(fd) as it:
-            names = sorted(os.fsencode(entry.name) for entry in it)
+        names = sorted(map(os.fsencode, os.listdir(fd)))
         base = path.rstrip(b"/") + b"/"
         for name in names:
             if excludes and is_excluded(base + name, name, excludes):

@@ -12,12 +12,8 @@ parent indexes them and writes the snapshot. A worker dies with its parent
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import os
-import signal
 import struct
-import threading
 import traceback
 from collections.abc import Sequence
 from typing import IO, Any
@@ -26,7 +22,7 @@ import msgspec
 
 from strongroom.backend import open_backend
 from strongroom.clock import Clock
-from strongroom.engine.scan import Listing, Scanner, TreeScanner
+from strongroom.engine.scanproc import become_child, thread_count
 from strongroom.engine.sink import Stored
 from strongroom.errors import StrongroomError
 from strongroom.repository import Chunker, Repository, Snapshot
@@ -36,15 +32,9 @@ from strongroom.repository.pack import PackEntry, PackWriter, compress_blob, pac
 from strongroom.repository.repository import RepoConfig
 
 _LENGTH = struct.Struct("<I")
-PIPE_SIZE = 1 << 20  # a scanner process's look-ahead
-SCAN_PROCESS_AHEAD = 64  # listings its threads make ahead of what it has written
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
-_listing_decoder = msgspec.msgpack.Decoder(tuple[bytes, Listing])
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 WORKER_NAME = b"strongroom-work"  # what ps shows for the children (15 bytes at most)
-SCANNER_NAME = b"strongroom-scan"
 
 
 class WorkerFailed(StrongroomError):
@@ -152,7 +142,7 @@ class Workers:
         """Fork ``count`` workers (none if this process already has a second thread);
         they keep ``clock`` for the files they back up."""
         self.workers: list[Worker] = []
-        if count <= 0 or not hasattr(os, "fork") or _threads() > 1:
+        if count <= 0 or not hasattr(os, "fork") or thread_count() > 1:
             return
         for _ in range(count):
             to_child = os.pipe()
@@ -215,109 +205,8 @@ class Workers:
         self.workers = []
 
 
-class ScanProcess:
-    """A Scanner in a process of its own: it lists the tree in the walk's order and
-    streams the listings through a pipe (whose buffer is the look-ahead), so the walk
-    spends its interpreter's time on files, not on listing them."""
-
-    def __init__(self, roots: Sequence[bytes], excludes: Sequence[bytes]) -> None:
-        """Fork the scanner now: call it only while this process has one thread."""
-        self.roots = list(roots)
-        self.excludes = list(excludes)
-        read_end, write_end = os.pipe()
-        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
-            try:
-                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # the system's default buffer: less look-ahead
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 0
-            try:
-                os.close(read_end)
-                _become_child(SCANNER_NAME)
-                with os.fdopen(write_end, "wb") as out:
-                    _stream_listings(out, self.roots, self.excludes)
-            except BaseException:
-                code = 1  # the parent sees the end of the stream and says so
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        self._reader = os.fdopen(read_end, "rb", buffering=PIPE_SIZE)
-
-    def listing(self, path: bytes) -> Listing:
-        head = self._reader.read(_LENGTH.size)
-        frame = self._reader.read(_LENGTH.unpack(head)[0]) if len(head) == _LENGTH.size else b""
-        if not frame:
-            raise StrongroomError("the directory scanner process ended unexpectedly")
-        listed, listing = _listing_decoder.decode(frame)
-        if listed != path:
-            raise AssertionError(f"scanner out of step: listed {listed!r}, walk at {path!r}")
-        return listing
-
-    def close(self) -> None:
-        self._reader.close()  # a scanner still writing gets EPIPE and ends
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def _stream_listings(out: IO[bytes], roots: list[bytes], excludes: list[bytes]) -> None:
-    """Every directory's listing, depth first in listing order (the walk's order)."""
-    # The pipe is the look-ahead that counts; the threads only need to keep reads going.
-    with TreeScanner(roots, excludes, ahead=SCAN_PROCESS_AHEAD) as scanner:
-
-        def visit(path: bytes) -> None:
-            listing = scanner.listing(path)
-            data = _encoder.encode((path, listing))
-            out.write(_LENGTH.pack(len(data)) + data)
-            for sub in listing.subdirectories(path):
-                visit(sub)
-
-        for root in roots:
-            visit(root)
-        out.flush()
-
-
-def start_scan(roots: Sequence[bytes], excludes: Sequence[bytes]) -> Scanner:
-    """A scanner in a process of its own where this process can still fork (one
-    thread), else threads here."""
-    if hasattr(os, "fork") and _threads() == 1:
-        return ScanProcess(roots, excludes)
-    return TreeScanner(roots, excludes)
-
-
-def _threads() -> int:
-    """This process's threads, as the kernel counts them (C threads too)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-# --- the child's side -----------------------------------------------------------------
-
-
-def _become_child(name: bytes) -> None:
-    """A forked child's set-up: it dies with its parent, is named ``name`` in ps and
-    /proc/PID/comm, and leaves interrupts to the parent (which ends it)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
-    except (OSError, AttributeError):
-        pass  # not Linux: the child still ends when its pipe closes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _serve(channel: Channel, clock: Clock) -> None:
-    _become_child(WORKER_NAME)
+    become_child(WORKER_NAME)
     setup = channel.recv()
     if setup is None:
         return

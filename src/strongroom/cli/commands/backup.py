@@ -9,18 +9,18 @@ import shlex
 import socket
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from strongroom import __version__
 from strongroom.cli.context import App, default_client, format_size, pass_app
-from strongroom.cli.progress import BackupProgressLine
-from strongroom.engine.archiver import Archiver, BackupRequest, start_scan
-from strongroom.engine.files_cache import FilesCache
-from strongroom.engine.fsmeta import display_path
-from strongroom.engine.streams import CommandStream, stream_path
-from strongroom.engine.workers import Workers
+from strongroom.engine.scanproc import start_scan
 from strongroom.errors import EXIT_SUCCESS, EXIT_WARNINGS, UsageError
+
+if TYPE_CHECKING:
+    from strongroom.engine.scan import Scanner
+    from strongroom.engine.streams import CommandStream
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -79,6 +79,40 @@ def backup_command(
     for path in paths:
         if not os.path.lexists(path):
             raise UsageError(f"cannot back up {path}: no such file or directory")
+    url, _ = app.repository_target()
+    processes = app.worker_processes()
+    # The directory scanner is forked first, before the storage and cryptography code
+    # is even loaded (this module keeps its imports light for that): the tree is
+    # listed while the rest loads, the workers fork, the key is derived and the index
+    # read. Forks happen before any thread starts.
+    with closing(
+        start_scan(paths, excludes, streams=bool(streams), process=processes > 0)
+    ) as scanner:
+        return _backup(
+            app, scanner, paths, client, job, tags, excludes, time_, streams, url, processes
+        )
+
+
+def _backup(
+    app: App,
+    scanner: Scanner,
+    paths: tuple[str, ...],
+    client: str,
+    job: str,
+    tags: tuple[str, ...],
+    excludes: tuple[str, ...],
+    time_: str | None,
+    streams: list[CommandStream],
+    url: str,
+    processes: int,
+) -> int:
+    from strongroom.cli.progress import BackupProgressLine
+    from strongroom.engine.archiver import Archiver, BackupRequest
+    from strongroom.engine.files_cache import FilesCache
+    from strongroom.engine.fsmeta import display_path
+    from strongroom.engine.streams import stream_path
+    from strongroom.engine.workers import Workers
+
     request = BackupRequest(
         paths=paths,
         client=client,
@@ -91,13 +125,8 @@ def backup_command(
         program_version=f"strongroom {__version__}",
         streams=streams,
     )
-    url, _ = app.repository_target()
-    # Worker processes are forked first (before any thread starts); the directories are
-    # listed while the key is derived and the index loaded.
-    processes = app.worker_processes()
     with (
         Workers(processes, app.clock) as workers,
-        closing(start_scan(request, process=processes > 0)) as scanner,
         app.open_repository(purpose=f"backup of {client}") as repo,
     ):
         lanes = workers.for_backup(repo, url)
@@ -172,4 +201,6 @@ def _stream(name: str | None, command: str | None) -> list[CommandStream]:
         raise UsageError(f"--stdin-from {command!r}: {e}") from None
     if not argv:
         raise UsageError("--stdin-from: the command is empty")
+    from strongroom.engine.streams import CommandStream
+
     return [CommandStream(name, argv)]
