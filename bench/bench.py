@@ -98,8 +98,8 @@ class Layout:
     def cache(self, tool: str) -> Path:
         return self.root / "cache" / tool
 
-    def restore(self, tool: str) -> Path:
-        return self.root / "restore" / tool
+    def restore(self, tool: str, round_no: int) -> Path:
+        return self.root / "restore" / tool / f"round-{round_no + 1}"
 
     def logs(self) -> Path:
         return self.root / "logs"
@@ -648,14 +648,17 @@ class Context:
     timeout: float
     content_diff: bool
     keep: bool
-    # When many files were last deleted (the old work directory, a restore verified).
+    # When many files were last deleted (the old work directory).
     deleted_at: float = 0.0
+    round_no: int = 0
 
 
-# ext4 will not reuse an inode freed less than 60 s ago while its inode table block is
-# cached: right after a big deletion, creating files costs far more system time. A
-# restore waits until that window has passed, so each tool restores in the same state.
-INODE_REUSE_WINDOW = 61.0
+# ext4 without a journal (this machine's root) will not reuse an inode freed less than
+# 60 s ago, 360 s when its inode table block is dirty (as a restore creating files next
+# to it makes it): right after a big deletion, creating files costs far more system
+# time. So restores are kept until the run ends, and the first restore waits until the
+# old work directory was deleted that long ago: every tool restores in the same state.
+INODE_REUSE_WINDOW = 361.0
 
 
 def run_tool(tool: Tool, ctx: Context, steps: list[Step]) -> list[Measurement]:
@@ -691,9 +694,12 @@ def step_command(tool: Tool, step: Step, ctx: Context) -> tuple[list[str], Path 
     if step.key == "backup-web02":
         return tool.backup("web02", 1, ctx.paths_web02), None
     if step.key == "restore":
-        target = ctx.layout.restore(tool.name)
+        target = ctx.layout.restore(tool.name, ctx.round_no)
         target.mkdir(parents=True)
-        time.sleep(max(0.0, ctx.deleted_at + INODE_REUSE_WINDOW - time.monotonic()))
+        wait = ctx.deleted_at + INODE_REUSE_WINDOW - time.monotonic()
+        if wait > 0:
+            print(f"bench: waiting {wait:.0f} s before restoring (see INODE_REUSE_WINDOW)")
+            time.sleep(wait)
         return tool.restore(target)
     if step.key == "check":
         return tool.check(read_data=False), None
@@ -753,16 +759,13 @@ def run_step(tool: Tool, step: Step, ctx: Context, env: dict[str, str]) -> Measu
         )
 
     if step.key == "restore" and m.status in ("ok", "warning"):
-        restored = ctx.layout.restore(tool.name) / str(ctx.layout.data).lstrip("/")
+        restored = ctx.layout.restore(tool.name, ctx.round_no) / str(ctx.layout.data).lstrip("/")
         ok, detail = verify_restore(ctx.layout.data, restored, ctx.content_diff)
         verdict = ("verified: " if ok else "VERIFY FAILED: ") + detail
         m.note = f"{m.note}; {verdict}" if m.note else verdict
         if not ok:
             m.status = "failed"
             fail(f"{tool.name} restore did not reproduce the data: {detail}")
-    if step.key == "restore" and not ctx.keep:
-        shutil.rmtree(ctx.layout.restore(tool.name), ignore_errors=True)
-        ctx.deleted_at = time.monotonic()
     return m
 
 
@@ -990,9 +993,11 @@ def render_markdown(r: Report) -> str:
             if r.rounds > 1
             else []
         ),
-        "- Restores start at least 61 s after the last big deletion (the old work directory, "
-        "the previous tool's verified restore): ext4 does not reuse an inode freed within "
-        "the last 60 s, which otherwise makes creating files slower for whoever comes first.",
+        "- Every restore goes to a directory of its own, kept until the run ends, and none "
+        "starts within 361 s of the last big deletion (the old work directory): ext4 "
+        "without a journal skips inodes freed within the last 60 s (360 s when their inode "
+        "table block is dirty, as creating files next to them makes it), which otherwise "
+        "makes creating files slower for whoever restores after a deletion.",
         f"- Load average (1 min) at start {r.load_start:.2f}, at end "
         + (f"{r.load_end:.2f}" if r.load_end is not None else "-")
         + "; per step in the detail table. Other work on the machine inflates wall times; "
@@ -1206,12 +1211,12 @@ def main(argv: list[str]) -> int:
     for round_no in range(report.rounds):
         # A new order each round: no tool always runs first (or right after another).
         order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        ctx.round_no = round_no
         for name in order:
             tool = tools[name]
-            if round_no:
-                for old in (tool.repo, layout.cache(name), layout.restore(name)):
+            if round_no:  # a few hundred files each: no wait needed after these
+                for old in (tool.repo, layout.cache(name)):
                     shutil.rmtree(old, ignore_errors=True)
-                ctx.deleted_at = time.monotonic()
             label = f" round {round_no + 1}/{report.rounds}" if report.rounds > 1 else ""
             print(f"bench: {name} ({report.versions[name]}){label}", flush=True)
             measured = run_tool(tool, ctx, steps)
