@@ -48,6 +48,7 @@ from strongroom.repository.tree import DIR, FILE, encode_tree
 MAX_DIRS_WAITING = 1024
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
 BATCH_FILES = 128
+LANE_THREADS = 2  # pool threads feeding each worker process
 BATCH_BYTES = 8 << 20
 # Read-ahead asked for per file: the whole of a small file, the start of a big one.
 READAHEAD_BYTES = 16 << 20
@@ -263,7 +264,9 @@ class Archiver:
         if lanes and not isinstance(self.sink, RepositorySink):
             raise TypeError("worker processes need a repository sink")
         self._lanes = list(lanes)
-        self._free_lanes = list(lanes)
+        # Two pool threads per worker process: one's batch waits in the pipe while the
+        # worker works on the other's, so the worker does not idle between batches.
+        self._free_lanes = [lane for lane in lanes for _ in range(LANE_THREADS)]
         if not self._lanes:
             self.workers = max(1, self.workers)  # someone must read the files
         self._failure: BaseException | None = None  # a stream's, noticed by the walk
@@ -379,22 +382,23 @@ class Archiver:
         """Have a worker process back up the batch: answer its claims, index the packs
         it publishes, and take its outcome into the batch's nodes."""
         assert isinstance(self.sink, RepositorySink)
-        lane.send(
+        ticket = lane.begin(
             {
                 "op": "batch",
                 "files": [[p.path, p.node.inode, p.node.size, p.known] for p in batch.files],
             }
         )
-        while True:
-            message = lane.recv()
-            op = message.get("op")
-            if op == "claim":
-                ids = [bytes(i) for i in message["ids"]]
-                lane.send({"op": "claimed", "granted": self.sink.claim_many(ids)})
-            elif op == "pack":
-                self.sink.register_pack(str(message["id"]), pack_entries(message["entries"]))
-            elif op == "done":
-                break
+        with lane.turn(ticket):  # another thread's batch may be ahead in the pipe
+            while True:
+                message = lane.recv()
+                op = message.get("op")
+                if op == "claim":
+                    ids = [bytes(i) for i in message["ids"]]
+                    lane.send({"op": "claimed", "granted": self.sink.claim_many(ids)})
+                elif op == "pack":
+                    self.sink.register_pack(str(message["id"]), pack_entries(message["entries"]))
+                elif op == "done":
+                    break
         for pending, (ok, content, xattrs, size, changed) in zip(
             batch.files, message["files"], strict=True
         ):
@@ -735,7 +739,7 @@ class Archiver:
             raise ValueError("the scanner was started for another backup request")
         try:
             with ThreadPoolExecutor(
-                self.workers + len(self._lanes) + len(request.streams),
+                self.workers + len(self._free_lanes) + len(request.streams),
                 thread_name_prefix="strongroom-file",
             ) as pool:
                 self._pool = pool

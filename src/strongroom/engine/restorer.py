@@ -64,6 +64,7 @@ JOB_BYTES = 16 << 20
 JOBS_AHEAD = 4
 # Directory descriptors each worker keeps open.
 DIR_CACHE = 64
+LANE_THREADS = 2  # pool threads feeding each worker process
 
 
 class RestoreProgress(Protocol):
@@ -272,7 +273,9 @@ class Restorer:
         # Worker processes set up for this restore: each takes jobs through a thread of
         # the pool bound to it.
         self._lanes = list(lanes)
-        self._free_lanes = list(lanes)
+        # Two pool threads per worker process: one's job waits in the pipe while the
+        # worker restores the other's, so the worker does not idle between jobs.
+        self._free_lanes = [lane for lane in lanes for _ in range(LANE_THREADS)]
         if not self._lanes:
             self.workers = max(1, self.workers)  # someone must write the files
         self._local = threading.local()
@@ -320,7 +323,7 @@ class Restorer:
         self._in_flight: set[Future[None]] = set()
         try:
             with ThreadPoolExecutor(
-                self.workers + len(self._lanes),
+                self.workers + len(self._free_lanes),
                 thread_name_prefix="strongroom-restore",
                 initializer=self._bind_lane,
             ) as pool:
@@ -555,8 +558,9 @@ class Restorer:
 
     def _restore_remote(self, lane: Worker, files: list[_File]) -> None:
         """Have a worker process restore the files; take in what became of each."""
-        lane.send({"op": "restore", "files": [_file_job(file) for file in files]})
-        reply = lane.recv()
+        ticket = lane.begin({"op": "restore", "files": [_file_job(file) for file in files]})
+        with lane.turn(ticket):  # another thread's job may be ahead in the pipe
+            reply = lane.recv()
         for file, (done, written) in zip(files, reply["files"], strict=True):
             if done:
                 file.written = int(written)

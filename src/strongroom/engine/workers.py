@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import traceback
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 import msgspec
@@ -67,6 +70,8 @@ class Channel:
 
     def __init__(self, reader: IO[bytes], writer: IO[bytes]) -> None:
         self._reader, self._writer = reader, writer
+        # Requests that came while a reply was awaited (see ``recv_reply``).
+        self._held: deque[dict[str, Any]] = deque()
 
     def send(self, message: dict[str, Any]) -> None:
         data = _encoder.encode(message)
@@ -77,6 +82,19 @@ class Channel:
 
     def recv(self) -> dict[str, Any] | None:
         """The next message, or None at the end of the stream."""
+        if self._held:
+            return self._held.popleft()
+        return self._read()
+
+    def recv_reply(self, op: str) -> dict[str, Any] | None:
+        """The next ``op`` message (None at the end of the stream). A worker awaiting
+        the answer to its claim may first get the parent's next request (requests are
+        pipelined): that is held for ``recv``, in order."""
+        while (message := self._read()) is not None and message.get("op") != op:
+            self._held.append(message)
+        return message
+
+    def _read(self) -> dict[str, Any] | None:
         head = self._reader.read(_LENGTH.size)
         if len(head) < _LENGTH.size:
             return None
@@ -93,7 +111,14 @@ class Channel:
 
 
 class Worker:
-    """The parent's end of one worker process."""
+    """The parent's end of one worker process.
+
+    Requests can be pipelined: ``begin`` sends one and queues its turn, so a second
+    request waits in the pipe while the worker answers the first (it never sits idle
+    between them); ``turn`` then lets the sender read the replies to its own request
+    once the earlier ones are answered (the worker answers in order), and ``end``
+    passes the turn on.
+    """
 
     def __init__(self, pid: int, channel: Channel) -> None:
         self.pid = pid
@@ -101,6 +126,37 @@ class Worker:
         self._fds = (channel._reader.fileno(), channel._writer.fileno())
         # Why the worker stopped: every later request fails the same way.
         self.failure: WorkerFailed | None = None
+        self._turns: deque[object] = deque()
+        self._turn_changed = threading.Condition()
+
+    def begin(self, message: dict[str, Any]) -> object:
+        """Send a request; returns its ticket for ``turn`` and ``end``."""
+        ticket = object()
+        with self._turn_changed:
+            self.send(message)  # under the lock: requests and turns in the same order
+            self._turns.append(ticket)
+        return ticket
+
+    @contextmanager
+    def turn(self, ticket: object) -> Iterator[None]:
+        """Wait until the replies to ``ticket``'s request are next in the pipe; the turn
+        passes on when the block ends (also on failure: the next request then sees
+        the worker's failure)."""
+        with self._turn_changed:
+            while self._turns[0] is not ticket:
+                self._turn_changed.wait()
+        try:
+            yield
+        except BaseException:
+            # Replies to this request may still be in the pipe: the next request must
+            # not take them for its own, so the worker is of no more use.
+            if self.failure is None:
+                self.failure = WorkerFailed("an earlier request to a worker process failed", 1)
+            raise
+        finally:
+            with self._turn_changed:
+                self._turns.popleft()
+                self._turn_changed.notify_all()
 
     def send(self, message: dict[str, Any]) -> None:
         if self.failure is not None:
@@ -325,8 +381,8 @@ class ChildSink:
         for bid, blob in zip(bids, data or (), strict=False):
             if bid not in self._prepared:
                 self._prepared[bid] = compress_blob(self._repo.config.compression_level, blob)
-        reply = self._channel.recv()
-        if reply is None or reply.get("op") != "claimed":
+        reply = self._channel.recv_reply("claimed")
+        if reply is None:
             raise WorkerFailed("the parent process went away", 1)
         granted = [bool(g) for g in reply["granted"]]
         for bid, given in zip(bids, granted, strict=True):
