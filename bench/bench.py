@@ -994,7 +994,7 @@ def render_markdown(r: Report) -> str:
             else []
         ),
         "- Every restore goes to a directory of its own, kept until the run ends, and none "
-        "starts within 361 s of the last big deletion (the old work directory): ext4 "
+        "starts within 361 s of the run's start (when the old work directory goes): ext4 "
         "without a journal skips inodes freed within the last 60 s (360 s when their inode "
         "table block is dirty, as creating files next to them makes it), which otherwise "
         "makes creating files slower for whoever restores after a deletion.",
