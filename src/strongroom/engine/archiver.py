@@ -38,7 +38,7 @@ from strongroom.engine.streams import (
     stream_parts,
     stream_path,
 )
-from strongroom.engine.workers import Worker, WorkerFailed, pack_entries
+from strongroom.engine.workers import Worker, WorkerFailed, lane_slots, pack_entries
 from strongroom.errors import UsageError
 from strongroom.repository import DATA, TREE, Chunker, Node, Repository, Snapshot, Summary
 from strongroom.repository.crypto import blob_id
@@ -48,7 +48,6 @@ from strongroom.repository.tree import DIR, FILE, encode_tree
 MAX_DIRS_WAITING = 1024
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
 BATCH_FILES = 128
-LANE_THREADS = 2  # pool threads feeding each worker process
 BATCH_BYTES = 8 << 20
 # Read-ahead asked for per file: the whole of a small file, the start of a big one.
 READAHEAD_BYTES = 16 << 20
@@ -264,9 +263,7 @@ class Archiver:
         if lanes and not isinstance(self.sink, RepositorySink):
             raise TypeError("worker processes need a repository sink")
         self._lanes = list(lanes)
-        # Two pool threads per worker process: one's batch waits in the pipe while the
-        # worker works on the other's, so the worker does not idle between batches.
-        self._free_lanes = [lane for lane in lanes for _ in range(LANE_THREADS)]
+        self._free_lanes = lane_slots(lanes)  # a pool thread takes one with its first batch
         if not self._lanes:
             self.workers = max(1, self.workers)  # someone must read the files
         self._failure: BaseException | None = None  # a stream's, noticed by the walk

@@ -30,7 +30,7 @@ import msgspec
 
 from strongroom.backend import ObjectNotFound, load_into
 from strongroom.engine.walk import load_tree
-from strongroom.engine.workers import Worker
+from strongroom.engine.workers import Worker, lane_slots
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
 from strongroom.fdcache import ThreadFdCache
 from strongroom.repository import DATA, Node, Repository, Snapshot
@@ -64,7 +64,6 @@ JOB_BYTES = 16 << 20
 JOBS_AHEAD = 4
 # Directory descriptors each worker keeps open.
 DIR_CACHE = 64
-LANE_THREADS = 2  # pool threads feeding each worker process
 
 
 class RestoreProgress(Protocol):
@@ -273,9 +272,7 @@ class Restorer:
         # Worker processes set up for this restore: each takes jobs through a thread of
         # the pool bound to it.
         self._lanes = list(lanes)
-        # Two pool threads per worker process: one's job waits in the pipe while the
-        # worker restores the other's, so the worker does not idle between jobs.
-        self._free_lanes = [lane for lane in lanes for _ in range(LANE_THREADS)]
+        self._free_lanes = lane_slots(lanes)  # a pool thread takes one as it starts
         if not self._lanes:
             self.workers = max(1, self.workers)  # someone must write the files
         self._local = threading.local()
@@ -341,10 +338,10 @@ class Restorer:
             try:
                 for parts, node in sorted(self._dirs, key=lambda d: -len(d[0])):
                     self._set_dir_metadata(parts, node)
+                if request.verify:
+                    self._verify()
             finally:
                 self._close_dir_fds()
-            if request.verify:
-                self._verify(root_fd)
         finally:
             os.close(root_fd)
         return self._result
@@ -886,14 +883,12 @@ class Restorer:
 
     # --- verification ---------------------------------------------------------------
 
-    def _verify(self, root_fd: int) -> None:
+    def _verify(self) -> None:
         for parts, node in self._files:
             try:
-                dir_fd = open_dir_chain(root_fd, parts[:-1])
-                try:
-                    fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fd = os.open(
+                    parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._dir_fd(parts[:-1])
+                )
             except OSError as e:
                 self._error(parts, f"verify: cannot open: {e.strerror}")
                 continue

@@ -38,6 +38,9 @@ _LENGTH = struct.Struct("<I")
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 WORKER_NAME = b"strongroom-work"  # what ps shows for the children (15 bytes at most)
+# Pool threads that feed each worker process: one's request waits in the pipe while
+# the worker answers the other's, so the worker does not idle between requests.
+LANE_THREADS = 2
 
 
 class WorkerFailed(StrongroomError):
@@ -116,8 +119,8 @@ class Worker:
     Requests can be pipelined: ``begin`` sends one and queues its turn, so a second
     request waits in the pipe while the worker answers the first (it never sits idle
     between them); ``turn`` then lets the sender read the replies to its own request
-    once the earlier ones are answered (the worker answers in order), and ``end``
-    passes the turn on.
+    once the earlier ones are answered (the worker answers in order), and passes the
+    turn on when its block ends.
     """
 
     def __init__(self, pid: int, channel: Channel) -> None:
@@ -130,7 +133,7 @@ class Worker:
         self._turn_changed = threading.Condition()
 
     def begin(self, message: dict[str, Any]) -> object:
-        """Send a request; returns its ticket for ``turn`` and ``end``."""
+        """Send a request; returns its ticket for ``turn``."""
         ticket = object()
         with self._turn_changed:
             self.send(message)  # under the lock: requests and turns in the same order
@@ -189,6 +192,11 @@ class Worker:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
+
+
+def lane_slots(lanes: Sequence[Worker]) -> list[Worker]:
+    """Each worker, once for every pool thread that is to feed it (LANE_THREADS)."""
+    return [lane for lane in lanes for _ in range(LANE_THREADS)]
 
 
 class Workers:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 from strongroom.backend import StagedObject
 from strongroom.errors import IntegrityError
@@ -240,25 +241,30 @@ def open_blob_transient(
         what,
     )
     content: bytes | memoryview
-    if not entry.compressed:
-        if len(plain) != entry.raw_length:
-            raise IntegrityError(f"{what}: length {len(plain)} does not match the index")
-        content = plain
-    elif entry.raw_length <= compression.CHECK_BUFFER:
+    if entry.compressed and entry.raw_length <= compression.CHECK_BUFFER:
         content = compression.decompress_transient(plain, entry.raw_length, what)
     else:
-        content = compression.decompress(plain, entry.raw_length, what)
+        content = _content(entry, plain, what)
     _check_id(key, entry, content, what)
     return content
 
 
 def open_plain(key: MasterKey, entry: PackEntry, plain: bytes, what: str) -> bytes:
     """A decrypted blob's content, decompressed and checked against its id."""
+    content = _content(entry, plain, what)
+    _check_id(key, entry, content, what)
+    return content
+
+
+_Plain = TypeVar("_Plain", bytes, memoryview)
+
+
+def _content(entry: PackEntry, plain: _Plain, what: str) -> _Plain | bytes:
+    """A decrypted blob's content: decompressed, or checked to have its length."""
     if entry.compressed:
-        plain = compression.decompress(plain, entry.raw_length, what)
-    elif len(plain) != entry.raw_length:
+        return compression.decompress(plain, entry.raw_length, what)
+    if len(plain) != entry.raw_length:
         raise IntegrityError(f"{what}: length {len(plain)} does not match the index")
-    _check_id(key, entry, plain, what)
     return plain
 
 
