@@ -661,28 +661,36 @@ class Context:
 INODE_REUSE_WINDOW = 361.0
 
 
-def run_tool(tool: Tool, ctx: Context, steps: list[Step]) -> list[Measurement]:
-    """Initialise the tool's repository, then run and measure every step."""
-    env = tool.env()
-    logs = ctx.layout.logs()
-    init_log = logs / f"{tool.name}-init"
-    init = run_child(tool.init(), env=env, cwd=None, log_base=init_log, timeout=ctx.timeout)
+def init_tool(tool: Tool, ctx: Context) -> bool:
+    """Initialise the tool's repository; False (and a failure recorded) when that failed."""
+    init_log = ctx.layout.logs() / f"{tool.name}-init"
+    init = run_child(tool.init(), env=tool.env(), cwd=None, log_base=init_log, timeout=ctx.timeout)
     if init.exit_code != 0:
         out, err = log_paths(init_log)
         fail(f"{tool.name} init failed with exit code {init.exit_code}; see {err} and {out}")
-        skipped = "skipped: init failed"
-        return [Measurement(tool.name, s.key, s.title, skipped) for s in steps]
+        return False
+    return True
 
-    results: list[Measurement] = []
-    failed = False
+
+def run_round(tools: list[Tool], ctx: Context, steps: list[Step]) -> dict[str, list[Measurement]]:
+    """One round: every tool's repository initialised, then each step run by every tool
+    in turn (in ``tools``' order) before the next step, so a tool's figures and
+    restic's for the same step are taken within a minute or two of each other, not a
+    whole tool's run apart (this VM drifts by ±10% over minutes)."""
+    ready = {tool.name: init_tool(tool, ctx) for tool in tools}
+    results: dict[str, list[Measurement]] = {tool.name: [] for tool in tools}
+    failed = {tool.name: not ready[tool.name] for tool in tools}
     for step in steps:
-        if failed and not step.after_failure:
-            m = Measurement(tool.name, step.key, step.title, "skipped: earlier step failed")
-        else:
-            m = run_step(tool, step, ctx, env)
-        failed = failed or m.status in ("failed", "timeout")
-        results.append(m)
-        print_progress(m)
+        for tool in tools:
+            if not ready[tool.name]:
+                m = Measurement(tool.name, step.key, step.title, "skipped: init failed")
+            elif failed[tool.name] and not step.after_failure:
+                m = Measurement(tool.name, step.key, step.title, "skipped: earlier step failed")
+            else:
+                m = run_step(tool, step, ctx, tool.env())
+            failed[tool.name] = failed[tool.name] or m.status in ("failed", "timeout")
+            results[tool.name].append(m)
+            print_progress(m)
     return results
 
 
@@ -985,8 +993,9 @@ def render_markdown(r: Report) -> str:
         f"- Page cache: {r.cache_mode}",
         *(
             [
-                f"- Rounds: {r.rounds}; the tools take turns in a new order each round, "
-                "each on a fresh repository. Each figure is from the round with the median "
+                f"- Rounds: {r.rounds}, each on fresh repositories; within a round every "
+                "step is run by each tool in turn before the next step, in a new order "
+                "each round. Each figure is from the round with the median "
                 "wall time for that tool and step (CPU, RSS and sizes from that same run); "
                 "every round is in the JSON (`all_rounds`) and in the detail table."
             ]
@@ -1213,16 +1222,16 @@ def main(argv: list[str]) -> int:
         order = names[round_no % len(names) :] + names[: round_no % len(names)]
         ctx.round_no = round_no
         for name in order:
-            tool = tools[name]
             if round_no:  # a few hundred files each: no wait needed after these
-                for old in (tool.repo, layout.cache(name)):
+                for old in (tools[name].repo, layout.cache(name)):
                     shutil.rmtree(old, ignore_errors=True)
-            label = f" round {round_no + 1}/{report.rounds}" if report.rounds > 1 else ""
-            print(f"bench: {name} ({report.versions[name]}){label}", flush=True)
-            measured = run_tool(tool, ctx, steps)
+        label = f"round {round_no + 1}/{report.rounds}: " if report.rounds > 1 else ""
+        versions = "; ".join(report.versions[name] for name in order)
+        print(f"bench: {label}{versions}", flush=True)
+        for name, measured in run_round([tools[n] for n in order], ctx, steps).items():
             report.all_rounds.setdefault(name, []).append(measured)
             report.results[name] = median_round(report.all_rounds[name])
-            write_results(report, args.name, args.results_dir)  # partial results survive
+        write_results(report, args.name, args.results_dir)  # partial results survive
     if report.rounds == 1:
         report.all_rounds = {}  # the same as results
     report.finished = now()
