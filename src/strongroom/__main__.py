@@ -1,5 +1,5 @@
 """Allow ``python -m strongroom``."""
 
-from strongroom.cli.main import main
+from strongroom.cli.startup import main
 
 main()

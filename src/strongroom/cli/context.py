@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from strongroom.cli import startup
 from strongroom.clock import Clock, SystemClock
 from strongroom.errors import IntegrityError, UsageError, WrongPasswordError
 
@@ -232,10 +233,7 @@ class App:
         return Catalog.open(url, auto_migrate=url.startswith("sqlite:"), clock=self.clock)
 
     def cache_dir(self) -> Path:
-        if path := os.environ.get("STRONGROOM_CACHE_DIR"):
-            return Path(path)
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-        return Path(base) / "strongroom"
+        return Path(startup.cache_dir())
 
     # --- snapshots ------------------------------------------------------------------
 
