@@ -18,8 +18,10 @@ class _AppendWhileReading(Archiver):
 
     victim: bytes = b""
 
-    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
-        result = super()._read_content(fd, st)
+    def _read_content(
+        self, fd: int, st: os.stat_result, new_file: bool
+    ) -> tuple[list[bytes | int], int]:
+        result = super()._read_content(fd, st, new_file)
         if os.readlink(f"/proc/self/fd/{fd}").encode() == self.victim:
             with open(self.victim, "ab") as f:
                 f.write(b"appended during the backup\n")

@@ -79,3 +79,45 @@ def test_a_turn_that_fails_stops_the_next_from_reading_its_replies(
         raise RuntimeError("the parent failed while handling the first request")
     with pytest.raises(WorkerFailed), lane.turn(second):
         lane.recv()  # would have been the first request's reply
+
+
+class _Repo:
+    """What a ChildSink uses of a repository in claim_many."""
+
+    class config:  # noqa: N801
+        compression_level = 3
+
+    class master:  # noqa: N801
+        id_key = b"k" * 32
+
+
+def test_a_worker_compresses_while_asking_only_while_most_blobs_are_new(
+    ends: tuple[Channel, Channel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strongroom.engine import workers
+
+    compressed: list[bytes] = []
+    monkeypatch.setattr(
+        workers, "compress_blob", lambda level, data: compressed.append(bytes(data)) or None
+    )
+    parent, worker_end = ends
+    sink = workers.ChildSink(worker_end, _Repo())  # type: ignore[arg-type]
+
+    def ask(blobs: list[bytes], grant: bool) -> list[bool]:
+        parent.send({"op": "claimed", "granted": [grant] * len(blobs)})
+        return sink.claim_many([b"id-" + b for b in blobs], blobs)
+
+    assert ask([b"a", b"b"], True) == [True, True]
+    assert compressed == [b"a", b"b"]  # new blobs: compressed while the claim was out
+    for n in range(4):  # a new client's files the repository already holds
+        ask([b"dup%d" % n], False)
+    compressed.clear()
+    assert ask([b"c"], False) == [False]
+    assert compressed == []  # mostly duplicates lately: no CPU spent before the answer
+    for n in range(6):
+        ask([b"new%d" % n], True)
+    compressed.clear()
+    ask([b"d"], True)
+    assert compressed == [b"d"]  # new again: back to compressing while asking
+    sent = [parent.recv() for _ in range(13)]
+    assert all(m is not None and m["op"] == "claim" for m in sent)

@@ -128,3 +128,22 @@ def test_short_and_empty_input() -> None:
     assert lengths(chunker, b"") == []
     assert lengths(chunker, b"x") == [1]
     assert lengths(chunker, DATA[:1000]) == [1000]
+
+
+def test_groups_cut_the_same_and_stay_valid_until_the_next_group() -> None:
+    """A caller may hold every view of a group (to ask about them at once) until it
+    takes the next group."""
+    chunker = Chunker(ChunkerParams(), SEED)
+    groups = chunker.split_groups(io.BytesIO(DATA))
+    held: list[bytes] = []
+    sizes: list[int] = []
+    for group in groups:
+        assert group
+        copies = [bytes(c) for c in group]
+        # nothing read yet for the next group may change what this one holds
+        assert [bytes(c) for c in group] == copies
+        held.extend(copies)
+        sizes.append(len(group))
+    assert [len(c) for c in held] == GOLDEN_DEFAULT_SEED
+    assert b"".join(held) == DATA
+    assert max(sizes) > 1  # fewer questions than chunks

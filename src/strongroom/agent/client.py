@@ -16,6 +16,7 @@ import re
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,7 +62,9 @@ class DirectorSink:
     def claim(self, bid: bytes) -> bool:
         return bool(self._call({"op": "claim", "id": bid})["value"])
 
-    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
+    def claim_many(
+        self, bids: list[bytes], data: Sequence[bytes | memoryview] | None = None
+    ) -> list[bool]:
         return [self.claim(bid) for bid in bids]
 
     def known_content(self, content: list[bytes | int]) -> bool:

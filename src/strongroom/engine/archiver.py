@@ -283,27 +283,40 @@ class Archiver:
         return chunker
 
     def _add_chunks(
-        self, chunks: Iterable[bytes | memoryview], content: list[bytes | int], counts: _Counts
+        self,
+        groups: Iterable[list[memoryview]],
+        content: list[bytes | int],
+        counts: _Counts,
+        *,
+        new_file: bool = False,
     ) -> int:
+        """Store the chunks the sink lacks, asking about each group at once (a worker
+        process asks its parent: one round trip per group, not per chunk). Chunks of
+        a file the files cache never saw are offered to the sink with the question,
+        to compress while it waits (most are new); a changed file's mostly are not."""
         total = 0
         sink = self.sink
         id_key = sink.id_key
-        for chunk in chunks:
-            bid = blob_id(id_key, chunk)
-            if sink.claim(bid):
-                stored = sink.store(DATA, bid, chunk)
-                counts.blobs_new += 1
-                counts.bytes_new += stored.raw_length
-                counts.bytes_stored += stored.stored_length
-            content.append(bid)
-            total += len(chunk)
+        for group in groups:
+            ids = [blob_id(id_key, chunk) for chunk in group]
+            granted = sink.claim_many(ids, group if new_file else None)
+            for bid, chunk, given in zip(ids, group, granted, strict=True):
+                if given:
+                    stored = sink.store(DATA, bid, chunk)
+                    counts.blobs_new += 1
+                    counts.bytes_new += stored.raw_length
+                    counts.bytes_stored += stored.stored_length
+                content.append(bid)
+                total += len(chunk)
         return total
 
     # --- files ----------------------------------------------------------------------
 
-    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes | int], int]:
+    def _read_content(
+        self, fd: int, st: os.stat_result, new_file: bool
+    ) -> tuple[list[bytes | int], int]:
         """Chunk and store a file as it is read from the start (holes skipped): its
-        content and the number of bytes read."""
+        content and the number of bytes read. ``new_file``: not in the files cache."""
         counts: _Counts = self._local.counts  # the batch's, set by _read_batch
         content: list[bytes | int] = []
         size = st.st_size
@@ -317,16 +330,20 @@ class Archiver:
                     if offset > pos:
                         content.append(offset - pos)
                     read += self._add_chunks(
-                        chunker.split_stream(_SeekableLimited(fd, offset, length)),
+                        chunker.split_groups(_SeekableLimited(fd, offset, length)),
                         content,
                         counts,
+                        new_file=new_file,
                     )
                     pos = offset + length
                 if size > pos:
                     content.append(size - pos)
                 return content, read
         with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
-            return content, self._add_chunks(chunker.split_stream(stream), content, counts)
+            read = self._add_chunks(
+                chunker.split_groups(stream), content, counts, new_file=new_file
+            )
+            return content, read
 
     def _add_file(self, path: bytes, node: Node) -> Node | _PendingFile:
         """An unchanged file's node at once; otherwise the file joins a worker's batch.
@@ -517,7 +534,7 @@ class Archiver:
                     bid = blob_id(self.sink.id_key, data) if data else None
                     return _Held(pending, data, bid, before, after, read_start)
                 os.lseek(fd, 0, os.SEEK_SET)  # grew while read: chunk it all
-            node.content, read = self._read_content(fd, before)
+            node.content, read = self._read_content(fd, before, not pending.known)
             after = os.fstat(fd)
         except OSError as e:
             self._warn(path, f"cannot read: {e.strerror}")
@@ -587,7 +604,7 @@ class Archiver:
         counts = _Counts()
         try:
             with stream.open() as pipe:
-                read = self._add_chunks(self._chunker().split_stream(pipe), content, counts)
+                read = self._add_chunks(self._chunker().split_groups(pipe), content, counts)
         finally:
             self._stats.merge(counts)
         node = stream_file_node(parts[-1], read, content, self.clock.now_ns())

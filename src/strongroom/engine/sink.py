@@ -10,7 +10,7 @@ director.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,7 +43,9 @@ class BlobSink(Protocol):
     def claim(self, bid: bytes) -> bool:
         """True when the caller must store the blob: nobody has it or is storing it."""
 
-    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
+    def claim_many(
+        self, bids: list[bytes], data: Sequence[bytes | memoryview] | None = None
+    ) -> list[bool]:
         """``claim`` for each blob in turn (one question, where the sink is remote).
         ``data``: the blobs themselves, which a remote sink may prepare for storing
         while it waits for the answer."""
@@ -105,7 +107,9 @@ class RepositorySink:
             self._claimed.add(bid)
             return True
 
-    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
+    def claim_many(
+        self, bids: list[bytes], data: Sequence[bytes | memoryview] | None = None
+    ) -> list[bool]:
         return [self.claim(bid) for bid in bids]
 
     def store(

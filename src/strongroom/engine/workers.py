@@ -356,6 +356,12 @@ def _serve_restore(channel: Channel, setup: dict[str, Any]) -> None:
         restorer.detach_target()
 
 
+# A worker compresses the blobs it offers while their claim is out when at least this
+# share of those offered lately were granted; each answer moves the share this much.
+SPECULATE_SHARE = 0.5
+SHARE_WEIGHT = 0.25
+
+
 class ChildSink:
     """A BlobSink in a worker process: claims are the parent's to decide, packs are
     written here and reported to the parent once published."""
@@ -367,6 +373,11 @@ class ChildSink:
         self._writer: PackWriter | None = None
         # Blobs compressed while a claim was out: frame, or None (stored raw).
         self._prepared: dict[bytes, bytes | None] = {}
+        # The share of recently offered blobs the parent granted (a moving average):
+        # compressing while a claim is out pays when most are new (a first backup),
+        # and wastes the CPU when most are already stored (a new client whose files
+        # the repository holds from others).
+        self._granted_share = 1.0
 
     def new_chunker(self) -> Chunker:
         return self._repo.chunker()
@@ -380,19 +391,26 @@ class ChildSink:
     def claim(self, bid: bytes) -> bool:
         return self.claim_many([bid])[0]
 
-    def claim_many(self, bids: list[bytes], data: list[bytes] | None = None) -> list[bool]:
-        """Ask the parent; while it answers, compress and check ``data`` (most blobs
-        are new: the round trip then costs no time)."""
+    def claim_many(
+        self, bids: list[bytes], data: Sequence[bytes | memoryview] | None = None
+    ) -> list[bool]:
+        """Ask the parent; while it answers, compress and check ``data`` when most
+        blobs offered lately were new (the round trip then costs no time)."""
         if not bids:
             return []
         self._channel.send({"op": "claim", "ids": bids})
-        for bid, blob in zip(bids, data or (), strict=False):
-            if bid not in self._prepared:
-                self._prepared[bid] = compress_blob(self._repo.config.compression_level, blob)
+        if data is not None and self._granted_share >= SPECULATE_SHARE:
+            for bid, blob in zip(bids, data, strict=True):
+                if bid not in self._prepared:
+                    level = self._repo.config.compression_level
+                    self._prepared[bid] = compress_blob(level, blob)
         reply = self._channel.recv_reply("claimed")
         if reply is None:
             raise WorkerFailed("the parent process went away", 1)
         granted = [bool(g) for g in reply["granted"]]
+        if data is not None:
+            share = sum(granted) / len(granted)
+            self._granted_share += (share - self._granted_share) * SHARE_WEIGHT
         for bid, given in zip(bids, granted, strict=True):
             if not given:
                 self._prepared.pop(bid, None)  # somebody else stores it

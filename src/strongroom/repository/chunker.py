@@ -45,6 +45,13 @@ class Chunker:
 
     def split_stream(self, stream: Readable) -> Iterator[memoryview]:
         """Chunks of ``stream``; each view is valid only until the next one is taken."""
+        for group in self.split_groups(stream):
+            yield from group
+
+    def split_groups(self, stream: Readable) -> Iterator[list[memoryview]]:
+        """Chunks of ``stream`` in groups (those cut from one fill of the buffer, a few
+        MiB); each group's views are valid until the next group is taken, so a caller
+        can ask about all of them at once."""
         max_size = self.params.max_size
         if self._buf is None:
             self._buf = bytearray(2 * max_size)
@@ -60,13 +67,16 @@ class Chunker:
                 else:
                     filled += n
             pos = 0
+            group: list[memoryview] = []
             # A cut is final once the chunker saw max_size bytes past its start (or
             # the end): the same cut points as one pass over the whole stream.
             for chunk in self._cdc.cut_buf(view[:filled]):
                 if not eof and filled - pos < max_size:
                     break
-                yield view[pos : pos + chunk.length]
+                group.append(view[pos : pos + chunk.length])
                 pos += chunk.length
+            if group:
+                yield group
             if eof:
                 return
             # The buffer was full, so less than max_size is left after pos > max_size:
