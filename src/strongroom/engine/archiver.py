@@ -832,16 +832,30 @@ class Archiver:
             level[parts[-1]] = None
         if stream_dir is not None:
             layout[STREAM_ROOT.lstrip(b"/")] = stream_dir
-        top = self._archive_level(b"", layout, ready)
+        top = self._archive_level(b"", layout, ready, Node(name=b"", type="dir"), queue=False)
         self._drain(ready, 0)
-        return top
+        if stream_dir is not None:
+            self._finish_tree(stream_dir)
+        self._finish_dir(top)
+        assert top.tree_id is not None
+        return top.tree_id
 
     def _archive_level(
-        self, prefix: bytes, layout: dict[bytes, object], ready: deque[_PendingDir]
-    ) -> bytes:
+        self,
+        prefix: bytes,
+        layout: dict[bytes, object],
+        ready: deque[_PendingDir],
+        node: Node,
+        *,
+        queue: bool = True,
+    ) -> _PendingDir:
+        """The directory ``prefix`` (``node``) holding backed-up paths below it, queued
+        (``queue``) to be finished after them like a walked directory: the walk goes on
+        to the next path at once, and the workers are never left waiting for one
+        path's last files before the next path's first."""
         children: list[Node | _PendingFile | Future[Node | None] | _PendingDir] = []
         for name, sub in sorted(layout.items()):
-            if isinstance(sub, _PendingDir):  # streams: finished after the walk
+            if isinstance(sub, _PendingDir):  # streams: finished by the caller, last
                 children.append(sub)
                 continue
             path = prefix + b"/" + name
@@ -849,27 +863,21 @@ class Archiver:
                 st = os.lstat(path)
             except OSError as e:
                 raise UsageError(f"cannot back up {os.fsdecode(path)}: {e.strerror}") from None
-            node = node_from_stat(name, st)
+            child = node_from_stat(name, st)
             if sub is not None:
-                self._drain(ready, 0)
-                node.subtree = self._archive_level(path, sub, ready)  # type: ignore[arg-type]
-                children.append(node)
+                children.append(self._archive_level(path, sub, ready, child))  # type: ignore[arg-type]
             elif stat.S_ISDIR(st.st_mode):
-                children.append(self._walk(path, node, ready))
+                children.append(self._walk(path, child, ready))
             elif stat.S_ISREG(st.st_mode):
-                children.append(self._add_file(path, node))
+                children.append(self._add_file(path, child))
             else:
                 if stat.S_ISLNK(st.st_mode):
-                    node.target = os.readlink(path)
-                children.append(node)
-        self._drain(ready, 0)
-        for child in children:
-            if isinstance(child, _PendingDir) and child.tree_id is None:
-                self._finish_tree(child)
-        holder = _PendingDir(Node(name=b"", type="dir"), children)
-        self._finish_dir(holder)
-        assert holder.tree_id is not None
-        return holder.tree_id
+                    child.target = os.readlink(path)
+                children.append(child)
+        holder = _PendingDir(node, children)
+        if queue:
+            ready.append(holder)
+        return holder
 
 
 def _files_read(pending: _PendingDir) -> bool:
