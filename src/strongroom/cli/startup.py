@@ -58,6 +58,9 @@ def read_ahead(files: list[str]) -> int | None:
         return None
     if pid == 0:
         try:
+            # Not holding the command's output open: a caller reading it to the end
+            # (a pipe, an ssh session for the agent) must not wait for this child.
+            os.closerange(0, 3)
             for name in files:
                 try:
                     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
