@@ -320,21 +320,41 @@ class ChildResult:
     peak_pss_kib: int | None = None
 
 
+# The sampler reads only the tool's process and its descendants. It used to find the
+# process group by reading every /proc/N/stat on the machine (~90 processes here)
+# every 50 ms, which took CPU from the tool: strongroom's first backup averaged 8.67 s
+# with that sampler against 8.15 s without it (four alternations; restic's showed no
+# difference in two). Reading the tool's own tree every 50 ms: 8.45-9.35 s against
+# 8.61-9.12 s without, no difference measurable through this VM's noise.
 PSS_INTERVAL = 0.05
 
 
-def group_pss_kib(pgid: int) -> int:
-    """The summed PSS of the processes in a process group (KiB)."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) != pgid:  # the 5th field of stat: the process group
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue  # gone meanwhile
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children", "rb") as f:
+                    todo.extend(int(child) for child in f.read().split())
+            except (OSError, ValueError):
                 continue
-            with open(f"/proc/{entry.name}/smaps_rollup", "rb") as f:
+    return found
+
+
+def group_pss_kib(pid: int) -> int:
+    """The summed PSS of a process and its descendants (KiB)."""
+    total = 0
+    for member in descendants(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup", "rb") as f:
                 for line in f:
                     if line.startswith(b"Pss:"):
                         total += int(line.split()[1])
@@ -345,17 +365,18 @@ def group_pss_kib(pgid: int) -> int:
 
 
 class PssSampler(threading.Thread):
-    """Samples the summed PSS of a process group until stopped; keeps the peak."""
+    """Samples the summed PSS of a process and its descendants until stopped; keeps
+    the peak."""
 
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pgid = pgid
+        self.pid = pid
         self.peak = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.peak = max(self.peak, group_pss_kib(self.pgid))
+            self.peak = max(self.peak, group_pss_kib(self.pid))
             self._stop_event.wait(PSS_INTERVAL)
 
     def stop(self) -> int | None:
@@ -388,7 +409,7 @@ def run_child(
 
         timer = threading.Timer(timeout, kill)
         timer.start()
-        sampler = PssSampler(proc.pid)  # its own session: the group id is its pid
+        sampler = PssSampler(proc.pid)
         sampler.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -1014,7 +1035,7 @@ def render_markdown(r: Report) -> str:
         "- Peak RSS and CPU: `os.wait4` rusage of the tool's process (and any children it "
         "waited for; RSS is then the largest process's); the harness is not counted. Peak "
         "memory of all processes: the summed PSS (proportional set size, so pages a forked "
-        "worker shares with its parent count once) of the tool's process group, sampled "
+        "worker shares with its parent count once) of the tool's process and its descendants, sampled "
         "every 50 ms. Repository size: apparent (sum of st_size); "
         "the allocated size (st_blocks*512) is in the detail table and JSON. Caches "
         "(restic/borg/strongroom) live outside the repository and are not counted.",
