@@ -1035,8 +1035,8 @@ def render_markdown(r: Report) -> str:
         "- Peak RSS and CPU: `os.wait4` rusage of the tool's process (and any children it "
         "waited for; RSS is then the largest process's); the harness is not counted. Peak "
         "memory of all processes: the summed PSS (proportional set size, so pages a forked "
-        "worker shares with its parent count once) of the tool's process and its descendants, sampled "
-        "every 50 ms. Repository size: apparent (sum of st_size); "
+        "worker shares with its parent count once) of the tool's process and its "
+        "descendants, sampled every 50 ms. Repository size: apparent (sum of st_size); "
         "the allocated size (st_blocks*512) is in the detail table and JSON. Caches "
         "(restic/borg/strongroom) live outside the repository and are not counted.",
         "- Settings: strongroom real KDF (no STRONGROOM_INSECURE_TEST_KDF); restic default "

@@ -84,10 +84,10 @@ def test_a_turn_that_fails_stops_the_next_from_reading_its_replies(
 class _Repo:
     """What a ChildSink uses of a repository in claim_many."""
 
-    class config:  # noqa: N801
+    class config:
         compression_level = 3
 
-    class master:  # noqa: N801
+    class master:
         id_key = b"k" * 32
 
 
