@@ -4,8 +4,10 @@ when it belongs to another installation, and never in the way of a command."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,12 +52,21 @@ def test_a_list_from_another_installation_or_damaged_is_ignored(tmp_path: Path) 
 
 
 def test_read_ahead_child_exits_cleanly(tmp_path: Path) -> None:
-    present = tmp_path / "present"
+    present = tmp_path / "present.pyc"
     present.write_bytes(b"x" * 10_000)
-    pid = startup.read_ahead([str(present), str(tmp_path / "missing")])
+    fifo = tmp_path / "fifo.pyc"
+    os.mkfifo(fifo)  # opening it would block: a damaged list must not hang the child
+    names = [str(fifo), str(present), str(tmp_path / "missing.so"), "/dev/null"]
+    pid = startup.read_ahead(names)
     assert pid is not None
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the read-ahead child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert startup.read_ahead([]) is None
 
 

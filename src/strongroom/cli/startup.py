@@ -10,15 +10,18 @@ then. The list is the files of the modules that earlier commands loaded (their u
 a first restore still finds most of what it needs), kept in the cache directory; a
 first run, or one where the list cannot be read or written, simply goes without.
 
-This module imports nothing but the standard library's ``os`` and ``sys``.
+This module imports nothing but the standard library's ``os``, ``stat`` and ``sys``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 LIST_VERSION = "strongroom-readahead 1"
+MODULE_SUFFIXES = (".pyc", ".py", ".so")
+MAX_FILES = 10_000
 
 
 def cache_dir() -> str:
@@ -44,7 +47,7 @@ def read_list(path: str) -> list[str]:
         return []
     if not lines or lines[0] != _header():
         return []
-    return [line for line in lines[1:] if line]
+    return [line for line in lines[1 : MAX_FILES + 1] if line]
 
 
 def read_ahead(files: list[str]) -> int | None:
@@ -62,8 +65,14 @@ def read_ahead(files: list[str]) -> int | None:
             # (a pipe, an ssh session for the agent) must not wait for this child.
             os.closerange(0, 3)
             for name in files:
+                # Module files only: never a FIFO or a device (whose open can block or
+                # act), whatever a damaged list says.
+                if not name.endswith(MODULE_SUFFIXES):
+                    continue
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+                    if not stat.S_ISREG(os.stat(name).st_mode):
+                        continue
+                    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 except OSError:
                     continue
                 try:
