@@ -95,3 +95,22 @@ def test_an_unwritable_cache_costs_the_command_nothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_a_failing_list_write_never_changes_the_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strongroom.cli import main as cli_main
+
+    def command() -> None:
+        raise SystemExit(13)
+
+    def broken(path: str, known: list[str]) -> None:
+        raise RuntimeError("cannot remember")
+
+    monkeypatch.setenv("STRONGROOM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cli_main, "main", command)
+    monkeypatch.setattr(startup, "remember", broken)
+    with pytest.raises(SystemExit) as exited:
+        startup.main()
+    assert exited.value.code == 13

@@ -133,7 +133,10 @@ def main() -> None:
 
         cli_main()
     finally:
-        remember(path, known)
+        try:
+            remember(path, known)
+        except Exception:  # only a speed-up: never what decides the exit code
+            pass
         if child is not None:
             try:
                 os.waitpid(child, os.WNOHANG)
