@@ -107,9 +107,10 @@ def loaded_files() -> set[str]:
 def remember(path: str, known: list[str]) -> None:
     """Add this run's module files to the list at ``path`` when some are new to it."""
     files = loaded_files()
-    if files <= set(known):
+    listed = set(known)
+    if files <= listed:
         return
-    text = "\n".join([_header(), *sorted(files | set(known))]) + "\n"
+    text = "\n".join([_header(), *sorted(files | listed)]) + "\n"
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -53,7 +53,7 @@ def node_from_stat(name: bytes, st: os.stat_result) -> Node:
     """A node for a directory entry, from its lstat (a few microseconds each: the
     scan makes one per entry)."""
     mode = st.st_mode
-    kind = _KINDS.get(mode & 0o170000, tree.SOCKET)
+    kind = node_type(mode)
     uid, gid = st.st_uid, st.st_gid
     return Node(
         name,

@@ -400,9 +400,9 @@ class ChildSink:
             return []
         self._channel.send({"op": "claim", "ids": bids})
         if data is not None and self._granted_share >= SPECULATE_SHARE:
+            level = self._repo.config.compression_level
             for bid, blob in zip(bids, data, strict=True):
                 if bid not in self._prepared:
-                    level = self._repo.config.compression_level
                     self._prepared[bid] = compress_blob(level, blob)
         reply = self._channel.recv_reply("claimed")
         if reply is None:

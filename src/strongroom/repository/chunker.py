@@ -43,11 +43,6 @@ class Chunker:
         )
         self._buf: bytearray | None = None
 
-    def split_stream(self, stream: Readable) -> Iterator[memoryview]:
-        """Chunks of ``stream``; each view is valid only until the next one is taken."""
-        for group in self.split_groups(stream):
-            yield from group
-
     def split_groups(self, stream: Readable) -> Iterator[list[memoryview]]:
         """Chunks of ``stream`` in groups (those cut from one fill of the buffer, a few
         MiB); each group's views are valid until the next group is taken, so a caller
