@@ -32,4 +32,7 @@ fi
 extras=${1:-dev}
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]" 2>&1 \
     | grep -v "^WARNING: Location" || true
+# Bytecode now, as installing a package does: an editable install otherwise compiles
+# on first use, and never where PYTHONDONTWRITEBYTECODE is set (every run pays again).
+.venv/bin/python -m compileall -q src/strongroom >/dev/null
 .venv/bin/strongroom --version >/dev/null
