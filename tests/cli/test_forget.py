@@ -352,3 +352,60 @@ def test_forget_works_on_a_full_disk(small_disk: Path, src: Path) -> None:
 
     filler.unlink()
     assert cli("--repo", str(repo), "check", "--read-data").code == 0
+
+
+def test_forget_named_snapshots_removes_exactly_those(repo_path: Path, src: Path) -> None:
+    first = backup_at(repo_path, src, "2024-01-01T10:00:00Z")
+    second = backup_at(repo_path, src, "2024-01-02T10:00:00Z")
+    third = backup_at(repo_path, src, "2024-01-03T10:00:00Z")
+    other = backup_at(repo_path, src, "2024-01-04T10:00:00Z", "db")
+
+    groups = forget_json("--repo", str(repo_path), first[:8], second, first)
+
+    assert [(g["client"], g["job"], g["policy"]) for g in groups] == [("web", "default", None)]
+    assert [s["id"] for s in groups[0]["remove"]] == [second, first]
+    assert groups[0]["keep"] == []
+    assert snapshot_ids(repo_path) == {third, other}
+    r = cli("--repo", str(repo_path), "restore", third[:8], "--target", str(src.parent / "out"))
+    assert r.code == 0, r.stderr
+
+    r = cli("--repo", str(repo_path), "forget", third)
+    assert r.code == 0, r.stderr
+    assert "the snapshots named" in r.stdout
+    assert "removed 1 snapshot(s)" in r.stdout
+    assert snapshot_ids(repo_path) == {other}
+
+
+def test_forget_latest_of_a_client_and_dry_run(repo_path: Path, src: Path) -> None:
+    web = backup_at(repo_path, src, "2024-01-01T10:00:00Z")
+    db_old = backup_at(repo_path, src, "2024-01-01T10:00:00Z", "db")
+    db_new = backup_at(repo_path, src, "2024-01-02T10:00:00Z", "db")
+
+    groups = forget_json("--repo", str(repo_path), "--dry-run", "--client", "db", "latest")
+    assert [s["id"] for s in groups[0]["remove"]] == [db_new]
+    assert snapshot_ids(repo_path) == {web, db_old, db_new}
+
+    forget_json("--repo", str(repo_path), "--client", "db", "latest")
+    assert snapshot_ids(repo_path) == {web, db_old}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["0123456789abcdef"],  # no such snapshot
+        ["12"],  # not an id
+        ["--keep-last", "1"],  # ids and a policy
+        ["--client", "db"],  # the id is web's
+        ["--tag", "nightly"],  # the id lacks the tag
+    ],
+)
+def test_forget_named_snapshots_removes_nothing_when_any_is_wrong(
+    repo_path: Path, src: Path, extra: list[str]
+) -> None:
+    first = backup_at(repo_path, src, "2024-01-01T10:00:00Z")
+    second = backup_at(repo_path, src, "2024-01-02T10:00:00Z")
+
+    r = cli("--repo", str(repo_path), "forget", first, *extra)
+
+    assert r.code == 2, r.stdout + r.stderr
+    assert snapshot_ids(repo_path) == {first, second}

@@ -62,6 +62,7 @@ def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Sp
 
 
 @click.command("forget")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT-ID]...")
 @click.option("--client", help="Only this client's snapshots.")
 @click.option("--job", help="Only this job's snapshots.")
 @click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (repeatable).")
@@ -107,6 +108,7 @@ def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Sp
 @pass_app
 def forget_command(
     app: App,
+    snapshot_ids: tuple[str, ...],
     client: str | None,
     job: str | None,
     tags: tuple[str, ...],
@@ -125,6 +127,9 @@ def forget_command(
     """Apply retention: the --keep-* options, or else each job's retention from the
     config. Snapshots are grouped by client and job, periods are in UTC, and the rules
     are restic's (docs/retention.md). Snapshots of jobs without a policy are kept.
+
+    With SNAPSHOT-IDs (8+ hex digits, or `latest` within --client/--job/--tag), remove
+    exactly those snapshots instead; all are found before any is removed.
     """
     counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     given = any(c is not None for c in counts) or keep_within is not None or bool(keep_tags)
@@ -139,6 +144,11 @@ def forget_command(
         within=keep_within,
         tags=tuple(tuple(t.strip() for t in spec.split(",")) for spec in keep_tags),
     )
+    if snapshot_ids and (given or unsafe_allow_remove_all):
+        raise UsageError(
+            "give snapshot ids or --keep-* options, not both",
+            hint="forget ID... removes those snapshots; the --keep-* options apply retention",
+        )
     if prune and importlib.util.find_spec(PRUNE_MODULE) is None:
         raise UsageError(
             "--prune is not available: this strongroom has no prune command",
@@ -156,14 +166,17 @@ def forget_command(
             hint="give a count above zero, a duration, or a tag",
         )
     config = app.load_config_if_any()
-    use_flags = given or remove_all
+    use_flags = given or remove_all or bool(snapshot_ids)
     policy_for = _everywhere(flag_policy) if use_flags else _config_policies(app, config)
 
     with app.open_repository(load_index=False, lock=None) as repo:
         lock = None if dry_run else _take_lock(app, repo)
         try:
-            snapshots = app.select_snapshots(repo, client, job, tags)
-            plan = plan_forget(snapshots, policy_for, app.clock.now_ns())
+            if snapshot_ids:
+                plan = _named(app, repo, snapshot_ids, client, job, tags)
+            else:
+                snapshots = app.select_snapshots(repo, client, job, tags)
+                plan = plan_forget(snapshots, policy_for, app.clock.now_ns())
             if remove_all:
                 plan = [_everything(group) for group in plan]
             removed = [] if dry_run else _remove(repo, lock, plan)
@@ -172,7 +185,7 @@ def forget_command(
                 lock.release()
                 app.lock = None
 
-    _show(app, plan, dry_run)
+    _show(app, plan, dry_run, named=bool(snapshot_ids))
     if removed:
         _forget_in_catalog(app, config, removed)
     if prune and (removed or (dry_run and any(g.remove for g in plan))):
@@ -222,6 +235,39 @@ def _repository_names(config: Config, given: str) -> set[str]:
         ):
             names.add(name)
     return names
+
+
+def _named(
+    app: App,
+    repo: Repository,
+    specs: tuple[str, ...],
+    client: str | None,
+    job: str | None,
+    tags: tuple[str, ...],
+) -> list[GroupDecision[Snapshot]]:
+    """The snapshots named on the command line, grouped by client and job. Every one
+    is found (and checked against --client/--job/--tag) before any is removed: a typo
+    in the third id must not leave the first two removed."""
+    chosen: dict[str, Snapshot] = {}
+    for spec in specs:
+        snap = app.resolve_snapshot(repo, spec, client, job, tags)
+        if (client and snap.client != client) or (job and snap.job != job):
+            raise UsageError(
+                f"snapshot {snap.id[:8]} is client {snap.client}'s, job {snap.job}: "
+                "not what --client/--job select; nothing was removed"
+            )
+        if not set(tags) <= set(snap.tags):
+            raise UsageError(
+                f"snapshot {snap.id[:8]} lacks a tag --tag asks for; nothing was removed"
+            )
+        chosen[snap.id] = snap
+    groups: dict[tuple[str, str], list[Snapshot]] = {}
+    for snap in chosen.values():
+        groups.setdefault((snap.client, snap.job), []).append(snap)
+    return [
+        GroupDecision(group_client, group_job, None, [], newest_first(snaps), [])
+        for (group_client, group_job), snaps in sorted(groups.items())
+    ]
 
 
 def _everything(group: GroupDecision[Snapshot]) -> GroupDecision[Snapshot]:
@@ -312,12 +358,17 @@ def _run_prune(app: App, dry_run: bool) -> int:
 # --- output -----------------------------------------------------------------------------
 
 
-def _show(app: App, plan: list[GroupDecision[Snapshot]], dry_run: bool) -> None:
+def _show(
+    app: App, plan: list[GroupDecision[Snapshot]], dry_run: bool, *, named: bool = False
+) -> None:
     if app.json:
         app.emit_json([_group_json(group) for group in plan])
         return
     for group in plan:
-        policy = group.policy.describe() if group.policy is not None else "no policy"
+        if named:
+            policy = "the snapshots named"
+        else:
+            policy = group.policy.describe() if group.policy is not None else "no policy"
         app.result(f"client {group.client}, job {group.job}: {policy}")
         if group.keep:
             app.result(f"keep {len(group.keep)} snapshot(s):")
