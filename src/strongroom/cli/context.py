@@ -281,6 +281,21 @@ class App:
             raise UsageError(f"snapshot id {spec!r} is ambiguous: give more digits")
         return repo.load_snapshot(matches[0])
 
+    def resolve_snapshots(
+        self,
+        repo: Repository,
+        specs: tuple[str, ...],
+        client: str | None = None,
+        job: str | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> list[Snapshot]:
+        """``resolve_snapshot`` for each spec, every snapshot once, in the order given."""
+        chosen: dict[str, Snapshot] = {}
+        for spec in specs:
+            snap = self.resolve_snapshot(repo, spec, client, job, tags)
+            chosen.setdefault(snap.id, snap)
+        return list(chosen.values())
+
 
 def format_size(n: int) -> str:
     """Bytes for a human: "512 B", "1.5 KiB", "110.5 MiB"."""

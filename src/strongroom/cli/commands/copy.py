@@ -96,10 +96,7 @@ def _choose(
 ) -> list[Snapshot]:
     if not specs:
         return app.select_snapshots(repo, client, job, tags)
-    chosen = {
-        s.id: s for s in (app.resolve_snapshot(repo, spec, client, job, tags) for spec in specs)
-    }
-    return list(chosen.values())
+    return app.resolve_snapshots(repo, specs, client, job, tags)
 
 
 def _target(

@@ -248,9 +248,8 @@ def _named(
     """The snapshots named on the command line, grouped by client and job. Every one
     is found (and checked against --client/--job/--tag) before any is removed: a typo
     in the third id must not leave the first two removed."""
-    chosen: dict[str, Snapshot] = {}
-    for spec in specs:
-        snap = app.resolve_snapshot(repo, spec, client, job, tags)
+    chosen = app.resolve_snapshots(repo, specs, client, job, tags)
+    for snap in chosen:
         if (client and snap.client != client) or (job and snap.job != job):
             raise UsageError(
                 f"snapshot {snap.id[:8]} is client {snap.client}'s, job {snap.job}: "
@@ -260,9 +259,8 @@ def _named(
             raise UsageError(
                 f"snapshot {snap.id[:8]} lacks a tag --tag asks for; nothing was removed"
             )
-        chosen[snap.id] = snap
     groups: dict[tuple[str, str], list[Snapshot]] = {}
-    for snap in chosen.values():
+    for snap in chosen:
         groups.setdefault((snap.client, snap.job), []).append(snap)
     return [
         GroupDecision(group_client, group_job, None, [], newest_first(snaps), [])

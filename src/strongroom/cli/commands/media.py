@@ -195,11 +195,7 @@ def _choose(
     since: str | None,
 ) -> list[Snapshot]:
     if specs:
-        chosen: dict[str, Snapshot] = {}
-        for spec in specs:
-            snap = app.resolve_snapshot(repo, spec, client, job, tags)
-            chosen[snap.id] = snap
-        snaps = list(chosen.values())
+        snaps = app.resolve_snapshots(repo, specs, client, job, tags)
     else:
         snaps = app.select_snapshots(repo, client, job, tags)
     if since is not None:
