@@ -409,3 +409,22 @@ def test_forget_named_snapshots_removes_nothing_when_any_is_wrong(
 
     assert r.code == 2, r.stdout + r.stderr
     assert snapshot_ids(repo_path) == {first, second}
+
+
+def test_keep_within_a_period_keeps_the_newest_of_each_period_in_the_span(
+    repo_path: Path, src: Path
+) -> None:
+    for when in ("01T10", "01T11", "02T10", "02T11", "05T10"):
+        backup_at(repo_path, src, f"2024-01-{when}:00:00Z")
+
+    (web,) = forget_json("--repo", str(repo_path), "--dry-run", "--keep-within-daily", "4d")
+
+    assert web["policy"] == "keep the newest of each day within 4d"
+    # 4 days before the newest is 1 January 10:00; a snapshot must be newer than that.
+    assert times(web["keep"]) == [
+        "2024-01-05T10:00:00",
+        "2024-01-02T11:00:00",
+        "2024-01-01T11:00:00",
+    ]
+    assert times(web["remove"]) == ["2024-01-02T10:00:00", "2024-01-01T10:00:00"]
+    assert [r["matches"] for r in web["reasons"]] == [["daily within 4d"]] * 3

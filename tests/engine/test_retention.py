@@ -632,6 +632,24 @@ CASES: list[tuple[list[str], Policy]] = [
         ["--keep-tag", "a", "--keep-monthly", "3", "--keep-yearly", "10"],
         Policy(monthly=3, yearly=10, tags=(("a",),)),
     ),
+    (["--keep-within-hourly", "1d"], Policy(within_hourly=Span(days=1))),
+    (["--keep-within-daily", "10d"], Policy(within_daily=Span(days=10))),
+    (["--keep-within-weekly", "2m"], Policy(within_weekly=Span(months=2))),
+    (["--keep-within-monthly", "1y"], Policy(within_monthly=Span(years=1))),
+    (["--keep-within-yearly", "5y"], Policy(within_yearly=Span(years=5))),
+    (
+        [
+            *("--keep-last", "2", "--keep-within-daily", "7d", "--keep-within-weekly", "1m"),
+            *("--keep-tag", "keep", "--keep-within", "36h"),
+        ],
+        Policy(
+            last=2,
+            within=Span(hours=36),
+            tags=(("keep",),),
+            within_daily=Span(days=7),
+            within_weekly=Span(months=1),
+        ),
+    ),
 ]
 
 
@@ -704,4 +722,29 @@ def test_the_restic_cases_exercise_every_rule(restic_repo: ResticRepo) -> None:
         "oldest yearly snapshot",
     } <= seen, seen
     assert {m for m in seen if m.startswith("within ")} >= {"within 2d", "within 1m", "within 3y"}
+    assert {
+        "hourly within 1d",
+        "daily within 10d",
+        "weekly within 2m",
+        "monthly within 1y",
+        "yearly within 5y",
+    } <= seen, seen
     assert removing >= 2 * len(CASES)
+
+
+def test_a_config_retention_gives_the_within_period_spans() -> None:
+    from strongroom.config.jobs import Retention
+    from strongroom.jobs.aftercare import policy_from_retention
+
+    retention = Retention.model_validate({"daily": 3, "within_daily": "7d", "within_yearly": "2d"})
+    policy = policy_from_retention(retention)
+
+    assert policy.within_daily == Span(days=7)
+    assert policy.within_yearly == Span(days=2)
+    assert policy.within_periods() == [("daily", Span(days=7)), ("yearly", Span(days=2))]
+    assert policy.describe() == (
+        "keep 3 daily snapshots and the newest of each day within 7d"
+        " and the newest of each year within 2d"
+    )
+    assert not Policy(within_weekly=Span(hours=1)).empty
+    assert Policy(within_weekly=Span()).empty

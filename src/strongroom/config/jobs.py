@@ -32,6 +32,12 @@ class Retention(ConfigModel):
     monthly: Count | None = None
     yearly: Count | None = None
     within: Duration | None = None
+    # restic's --keep-within-<period>: the newest of each period within the duration.
+    within_hourly: Duration | None = None
+    within_daily: Duration | None = None
+    within_weekly: Duration | None = None
+    within_monthly: Duration | None = None
+    within_yearly: Duration | None = None
 
 
 class MarkerRequirement(ConfigModel):

@@ -147,6 +147,13 @@ class Policy:
     yearly: int = 0
     within: Span | None = None
     tags: tuple[tuple[str, ...], ...] = ()
+    # restic's --keep-within-hourly ...: the newest snapshot of each period, for the
+    # periods within the span before the newest snapshot.
+    within_hourly: Span | None = None
+    within_daily: Span | None = None
+    within_weekly: Span | None = None
+    within_monthly: Span | None = None
+    within_yearly: Span | None = None
 
     def __post_init__(self) -> None:
         for name, count in self.counts():
@@ -163,10 +170,21 @@ class Policy:
             ("yearly", self.yearly),
         ]
 
+    def within_periods(self) -> list[tuple[str, Span]]:
+        """The --keep-within-<period> spans given (not zero), in restic's order."""
+        spans = [
+            ("hourly", self.within_hourly),
+            ("daily", self.within_daily),
+            ("weekly", self.within_weekly),
+            ("monthly", self.within_monthly),
+            ("yearly", self.within_yearly),
+        ]
+        return [(name, span) for name, span in spans if span is not None and not span.zero]
+
     @property
     def empty(self) -> bool:
         """Keeps nothing by rule: no counts, no span, no tags."""
-        no_span = self.within is None or self.within.zero
+        no_span = (self.within is None or self.within.zero) and not self.within_periods()
         return no_span and not self.tags and all(count == 0 for _, count in self.counts())
 
     def describe(self) -> str:
@@ -186,6 +204,9 @@ class Policy:
             text += (" and " if text else "") + f"all snapshots with tags [{lists}]"
         if self.within is not None and not self.within.zero:
             text += (" and " if text else "") + f"all snapshots within {self.within} of the newest"
+        for name, span in self.within_periods():
+            unit = _PERIOD_UNITS[name]
+            text += (" and " if text else "") + f"the newest of each {unit} within {span}"
         return f"keep {text}"
 
 
@@ -253,6 +274,16 @@ _PERIODS: tuple[tuple[str, Callable[[datetime], int] | None], ...] = (
 )
 
 
+_PERIOD_OF = {name: period for name, period in _PERIODS if period is not None}
+_PERIOD_UNITS = {
+    "hourly": "hour",
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "yearly": "year",
+}
+
+
 def _tag_list(tags: Sequence[str]) -> str:
     return "[" + ", ".join(tags) + "]"
 
@@ -283,10 +314,14 @@ def apply_policy(snapshots: Iterable[S], policy: Policy, now_ns: int) -> Decisio
         return Decision(ordered, [], [KeepReason(s, (EMPTY_POLICY,)) for s in ordered])
 
     within = policy.within if policy.within is not None and not policy.within.zero else None
-    cutoff: int | None = None
-    if within is not None:
-        latest = max((s.time_ns for s in ordered if s.time_ns < now_ns), default=None)
-        cutoff = None if latest is None else within.before(latest)
+    latest = max((s.time_ns for s in ordered if s.time_ns < now_ns), default=None)
+    cutoff = None if within is None or latest is None else within.before(latest)
+    # --keep-within-<period>: (name, span, its cutoff, the period of a snapshot).
+    within_periods = [
+        (name, span, None if latest is None else span.before(latest), _PERIOD_OF[name])
+        for name, span in policy.within_periods()
+    ]
+    last_within: list[int | None] = [None] * len(within_periods)
 
     counts = [count for _, count in policy.counts()]
     last_seen: list[int | None] = [None] * len(_PERIODS)
@@ -313,6 +348,12 @@ def apply_policy(snapshots: Iterable[S], policy: Policy, now_ns: int) -> Decisio
                 last_seen[i] = value
                 if counts[i] > 0:
                     counts[i] -= 1
+        for i, (name, span, since, period_of) in enumerate(within_periods):
+            if since is None or snap.time_ns > since:
+                value = period_of(moment)
+                if value != last_within[i]:
+                    matches.append(f"{name} within {span}")
+                    last_within[i] = value
         if matches:
             keep.append(snap)
             counters = {name: counts[i] for i, (name, _) in enumerate(_PERIODS) if counts[i]}

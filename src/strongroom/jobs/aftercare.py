@@ -25,7 +25,7 @@ from strongroom.repository.locks import RepositoryLock
 
 
 def policy_from_retention(retention: Retention) -> Policy:
-    """A config's retention table as a policy (its ``within`` is in seconds)."""
+    """A config's retention table as a policy (its ``within*`` are in seconds)."""
     return Policy(
         last=retention.last or 0,
         hourly=retention.hourly or 0,
@@ -33,8 +33,17 @@ def policy_from_retention(retention: Retention) -> Policy:
         weekly=retention.weekly or 0,
         monthly=retention.monthly or 0,
         yearly=retention.yearly or 0,
-        within=Span.from_seconds(retention.within) if retention.within else None,
+        within=_span(retention.within),
+        within_hourly=_span(retention.within_hourly),
+        within_daily=_span(retention.within_daily),
+        within_weekly=_span(retention.within_weekly),
+        within_monthly=_span(retention.within_monthly),
+        within_yearly=_span(retention.within_yearly),
     )
+
+
+def _span(seconds: int | None) -> Span | None:
+    return Span.from_seconds(seconds) if seconds else None
 
 
 @dataclass

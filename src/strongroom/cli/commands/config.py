@@ -19,7 +19,9 @@ from strongroom.config import (
 )
 from strongroom.errors import EXIT_SUCCESS, EXIT_USAGE
 
-DURATION_KEYS = {"max_age", "within", "timeout"}
+DURATION_KEYS = {"max_age", "within", "timeout"} | {
+    f"within_{period}" for period in ("hourly", "daily", "weekly", "monthly", "yearly")
+}
 
 
 @click.group("config")

@@ -92,6 +92,36 @@ def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Sp
     help="Keep every snapshot newer than DURATION (1y5m7d2h) before the newest one.",
 )
 @click.option(
+    "--keep-within-hourly",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep the newest snapshot of each hour within DURATION before the newest one.",
+)
+@click.option(
+    "--keep-within-daily",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep the newest snapshot of each day within DURATION before the newest one.",
+)
+@click.option(
+    "--keep-within-weekly",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep the newest snapshot of each ISO week within DURATION before the newest one.",
+)
+@click.option(
+    "--keep-within-monthly",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep the newest snapshot of each month within DURATION before the newest one.",
+)
+@click.option(
+    "--keep-within-yearly",
+    metavar="DURATION",
+    callback=_within,
+    help="Keep the newest snapshot of each year within DURATION before the newest one.",
+)
+@click.option(
     "--keep-tag",
     "keep_tags",
     multiple=True,
@@ -119,6 +149,11 @@ def forget_command(
     keep_monthly: int | None,
     keep_yearly: int | None,
     keep_within: Span | None,
+    keep_within_hourly: Span | None,
+    keep_within_daily: Span | None,
+    keep_within_weekly: Span | None,
+    keep_within_monthly: Span | None,
+    keep_within_yearly: Span | None,
     keep_tags: tuple[str, ...],
     dry_run: bool,
     prune: bool,
@@ -132,7 +167,15 @@ def forget_command(
     exactly those snapshots instead; all are found before any is removed.
     """
     counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
-    given = any(c is not None for c in counts) or keep_within is not None or bool(keep_tags)
+    spans = (
+        keep_within,
+        keep_within_hourly,
+        keep_within_daily,
+        keep_within_weekly,
+        keep_within_monthly,
+        keep_within_yearly,
+    )
+    given = any(c is not None for c in counts + spans) or bool(keep_tags)
     last, hourly, daily, weekly, monthly, yearly = (c or 0 for c in counts)
     flag_policy = Policy(
         last,
@@ -143,6 +186,11 @@ def forget_command(
         yearly,
         within=keep_within,
         tags=tuple(tuple(t.strip() for t in spec.split(",")) for spec in keep_tags),
+        within_hourly=keep_within_hourly,
+        within_daily=keep_within_daily,
+        within_weekly=keep_within_weekly,
+        within_monthly=keep_within_monthly,
+        within_yearly=keep_within_yearly,
     )
     if snapshot_ids and (given or unsafe_allow_remove_all):
         raise UsageError(
