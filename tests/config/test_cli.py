@@ -105,6 +105,11 @@ def test_show_as_json_is_the_job_spec(fleet: Path) -> None:
         "monthly": 12,
         "yearly": None,
         "within": None,
+        "within_hourly": None,
+        "within_daily": None,
+        "within_weekly": None,
+        "within_monthly": None,
+        "within_yearly": None,
     }
 
 
