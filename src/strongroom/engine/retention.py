@@ -275,13 +275,15 @@ _PERIODS: tuple[tuple[str, Callable[[datetime], int] | None], ...] = (
 
 
 _PERIOD_OF = {name: period for name, period in _PERIODS if period is not None}
-_PERIOD_UNITS = {
-    "hourly": "hour",
-    "daily": "day",
-    "weekly": "week",
-    "monthly": "month",
-    "yearly": "year",
-}
+# The --keep-within-<period> rules' periods, in restic's order, with their units.
+WITHIN_PERIODS = (
+    ("hourly", "hour"),
+    ("daily", "day"),
+    ("weekly", "week"),
+    ("monthly", "month"),
+    ("yearly", "year"),
+)
+_PERIOD_UNITS = dict(WITHIN_PERIODS)
 
 
 def _tag_list(tags: Sequence[str]) -> str:

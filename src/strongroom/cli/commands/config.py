@@ -17,11 +17,10 @@ from strongroom.config import (
     format_duration,
     load_config,
 )
+from strongroom.engine.retention import WITHIN_PERIODS
 from strongroom.errors import EXIT_SUCCESS, EXIT_USAGE
 
-DURATION_KEYS = {"max_age", "within", "timeout"} | {
-    f"within_{period}" for period in ("hourly", "daily", "weekly", "monthly", "yearly")
-}
+DURATION_KEYS = {"max_age", "within", "timeout"} | {f"within_{p}" for p, _ in WITHIN_PERIODS}
 
 
 @click.group("config")

@@ -16,6 +16,7 @@ from strongroom.backend import ObjectNotFound
 from strongroom.cli.context import App, pass_app, snapshot_json
 from strongroom.engine.retention import (
     UNLIMITED,
+    WITHIN_PERIODS,
     GroupDecision,
     KeepReason,
     Policy,
@@ -61,6 +62,18 @@ def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Sp
         raise click.BadParameter(str(e)) from None
 
 
+def _within_period_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--keep-within-hourly ... --keep-within-yearly (restic's), in that order."""
+    for period, unit in reversed(WITHIN_PERIODS):
+        command = click.option(
+            f"--keep-within-{period}",
+            metavar="DURATION",
+            callback=_within,
+            help=f"Keep the newest snapshot of each {unit} within DURATION before the newest.",
+        )(command)
+    return command
+
+
 @click.command("forget")
 @click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT-ID]...")
 @click.option("--client", help="Only this client's snapshots.")
@@ -91,36 +104,7 @@ def _within(ctx: click.Context, param: click.Parameter, value: str | None) -> Sp
     callback=_within,
     help="Keep every snapshot newer than DURATION (1y5m7d2h) before the newest one.",
 )
-@click.option(
-    "--keep-within-hourly",
-    metavar="DURATION",
-    callback=_within,
-    help="Keep the newest snapshot of each hour within DURATION before the newest one.",
-)
-@click.option(
-    "--keep-within-daily",
-    metavar="DURATION",
-    callback=_within,
-    help="Keep the newest snapshot of each day within DURATION before the newest one.",
-)
-@click.option(
-    "--keep-within-weekly",
-    metavar="DURATION",
-    callback=_within,
-    help="Keep the newest snapshot of each ISO week within DURATION before the newest one.",
-)
-@click.option(
-    "--keep-within-monthly",
-    metavar="DURATION",
-    callback=_within,
-    help="Keep the newest snapshot of each month within DURATION before the newest one.",
-)
-@click.option(
-    "--keep-within-yearly",
-    metavar="DURATION",
-    callback=_within,
-    help="Keep the newest snapshot of each year within DURATION before the newest one.",
-)
+@_within_period_options
 @click.option(
     "--keep-tag",
     "keep_tags",
