@@ -247,16 +247,11 @@ class App:
         def on_error(sid: str, err: IntegrityError) -> None:
             self.warn(f"snapshot {sid[:8]} is damaged and was skipped: {err}")
 
-        result = []
-        for snap in repo.snapshots(on_error=on_error):
-            if client and snap.client != client:
-                continue
-            if job and snap.job != job:
-                continue
-            if tags and not set(tags) <= set(snap.tags):
-                continue
-            result.append(snap)
-        return result
+        return [
+            snap
+            for snap in repo.snapshots(on_error=on_error)
+            if snapshot_matches(snap, client, job, tags)
+        ]
 
     def resolve_snapshot(
         self,
@@ -295,6 +290,30 @@ class App:
             snap = self.resolve_snapshot(repo, spec, client, job, tags)
             chosen.setdefault(snap.id, snap)
         return list(chosen.values())
+
+    def choose_snapshots(
+        self,
+        repo: Repository,
+        specs: tuple[str, ...],
+        client: str | None = None,
+        job: str | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> list[Snapshot]:
+        """The snapshots named by ``specs``, or with none every one the filters select."""
+        if specs:
+            return self.resolve_snapshots(repo, specs, client, job, tags)
+        return self.select_snapshots(repo, client, job, tags)
+
+
+def snapshot_matches(
+    snap: Snapshot, client: str | None, job: str | None, tags: tuple[str, ...]
+) -> bool:
+    """Whether --client, --job and --tag (every tag given) select the snapshot."""
+    if client and snap.client != client:
+        return False
+    if job and snap.job != job:
+        return False
+    return not tags or set(tags) <= set(snap.tags)
 
 
 def format_size(n: int) -> str:

@@ -172,13 +172,7 @@ class Policy:
 
     def within_periods(self) -> list[tuple[str, Span]]:
         """The --keep-within-<period> spans given (not zero), in restic's order."""
-        spans = [
-            ("hourly", self.within_hourly),
-            ("daily", self.within_daily),
-            ("weekly", self.within_weekly),
-            ("monthly", self.within_monthly),
-            ("yearly", self.within_yearly),
-        ]
+        spans = [(name, getattr(self, f"within_{name}")) for name, _ in WITHIN_PERIODS]
         return [(name, span) for name, span in spans if span is not None and not span.zero]
 
     @property

@@ -69,7 +69,7 @@ def copy_command(
     started = time.monotonic()
     target_url, target_password = _target(app, to, to_password_file, to_password_command)
     with app.open_repository(purpose=f"copy to {to}") as source:
-        chosen = _choose(app, source, snapshots, client, job, tags)
+        chosen = app.choose_snapshots(source, snapshots, client, job, tags)
         with _open_target(app, target_url, target_password, f"copy from {source.id[:8]}") as (
             target,
             lock,
@@ -84,19 +84,6 @@ def copy_command(
     _summary(app, result, to, code, time.monotonic() - started)
     _notify(app, to, client, job, result, code)
     return code
-
-
-def _choose(
-    app: App,
-    repo: Repository,
-    specs: tuple[str, ...],
-    client: str | None,
-    job: str | None,
-    tags: tuple[str, ...],
-) -> list[Snapshot]:
-    if not specs:
-        return app.select_snapshots(repo, client, job, tags)
-    return app.resolve_snapshots(repo, specs, client, job, tags)
 
 
 def _target(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from strongroom.backend import ObjectNotFound
-from strongroom.cli.context import App, pass_app, snapshot_json
+from strongroom.cli.context import App, pass_app, snapshot_json, snapshot_matches
 from strongroom.engine.retention import (
     UNLIMITED,
     WITHIN_PERIODS,
@@ -282,14 +282,11 @@ def _named(
     in the third id must not leave the first two removed."""
     chosen = app.resolve_snapshots(repo, specs, client, job, tags)
     for snap in chosen:
-        if (client and snap.client != client) or (job and snap.job != job):
+        if not snapshot_matches(snap, client, job, tags):
             raise UsageError(
-                f"snapshot {snap.id[:8]} is client {snap.client}'s, job {snap.job}: "
-                "not what --client/--job select; nothing was removed"
-            )
-        if not set(tags) <= set(snap.tags):
-            raise UsageError(
-                f"snapshot {snap.id[:8]} lacks a tag --tag asks for; nothing was removed"
+                f"snapshot {snap.id[:8]} (client {snap.client}, job {snap.job}, tags "
+                f"{list(snap.tags)}) is not what --client/--job/--tag select; "
+                "nothing was removed"
             )
     groups: dict[tuple[str, str], list[Snapshot]] = {}
     for snap in chosen:

@@ -194,10 +194,7 @@ def _choose(
     tags: tuple[str, ...],
     since: str | None,
 ) -> list[Snapshot]:
-    if specs:
-        snaps = app.resolve_snapshots(repo, specs, client, job, tags)
-    else:
-        snaps = app.select_snapshots(repo, client, job, tags)
+    snaps = app.choose_snapshots(repo, specs, client, job, tags)
     if since is not None:
         since_ns = parse_since(since, app.clock.now_ns())
         snaps = [s for s in snaps if s.time_ns >= since_ns]
