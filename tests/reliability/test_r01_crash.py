@@ -118,6 +118,15 @@ def _timed_run(mode: _Mode, repo: Path, src: Path, scratch: Path) -> float:
     return elapsed
 
 
+def _wait_up_to(proc: subprocess.Popen[bytes], start: float, delay: float) -> float | None:
+    """Sleep until `delay` after `start`; how long `proc` ran if it exited before, else None."""
+    while (now := time.monotonic()) < start + delay:
+        if proc.poll() is not None:
+            return now - start
+        time.sleep(min(0.005, start + delay - now))
+    return None
+
+
 def _random_kill_rounds(
     tmp_path: Path, mode: _Mode, rounds: int, kills: int, seed: int
 ) -> Counter[str]:
@@ -142,10 +151,11 @@ def _random_kill_rounds(
             current = manifest(src)
             before = set(snapshot_ids(repo))
             delay = rng.uniform(0.02, 0.95) * full
+            start = time.monotonic()
             with subprocess.Popen(
                 mode.command(repo, src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             ) as proc:
-                time.sleep(delay)
+                ran = _wait_up_to(proc, start, delay)
                 proc.kill()
                 _, err = proc.communicate(timeout=60)
             where = f"round {r}, kill {k} after {delay:.3f}s of ~{full:.3f}s (seed {seed})"
@@ -154,6 +164,10 @@ def _random_kill_rounds(
             else:
                 assert proc.returncode == 0, f"{where}: {err.decode()[-2000:]}"
                 stats["finished first"] += 1
+                if ran is not None:
+                    # The timed run was slower than this one (a busy host while it ran):
+                    # aim the later kills inside the time a run really takes now.
+                    full = min(full, ran)
             for sid in set(snapshot_ids(repo)) - before:
                 manifests[sid] = current  # a snapshot the killed run managed to commit
             assert_check_ok(repo, f"after a kill ({where})")
