@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from strongroom.agent.protocol import (
+    MAX_IDS,
     MINOR,
+    MINOR_BATCHES,
     VERSION,
     Channel,
     ProtocolError,
@@ -43,10 +45,16 @@ from strongroom.repository.tree import decode_tree
 
 
 class DirectorSink:
-    """A BlobSink whose repository is on the director, reached by request and reply."""
+    """A BlobSink whose repository is on the director, reached by request and reply.
+    Each request is a round trip: from a director that takes them (protocol 1.3), the
+    chunks of a directory's unchanged files and of a group of new chunks are asked
+    about in one request each, not one by one."""
 
-    def __init__(self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any]) -> None:
+    def __init__(
+        self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any], director_minor: int = 0
+    ) -> None:
         self._call = Channel(reader, writer).call
+        self._batches = director_minor >= MINOR_BATCHES
         self.id_key: bytes = field(setup, "id_key", bytes)
         chunker = field(setup, "chunker", list)
         self._params = ChunkerParams(int(chunker[0]), int(chunker[1]), int(chunker[2]))
@@ -65,10 +73,29 @@ class DirectorSink:
     def claim_many(
         self, bids: list[bytes], data: Sequence[bytes | memoryview] | None = None
     ) -> list[bool]:
-        return [self.claim(bid) for bid in bids]
+        if not self._batches:
+            return [self.claim(bid) for bid in bids]
+        return self._ask_many("claim_many", bids)
 
-    def known_content(self, content: list[bytes | int]) -> bool:
-        return all(isinstance(c, int) or self.known(c) for c in content)
+    def known_contents(self, contents: Sequence[list[bytes | int]]) -> list[bool]:
+        chunks = (c for content in contents for c in content if isinstance(c, bytes))
+        ids = list(dict.fromkeys(chunks))  # each asked about once
+        if self._batches:
+            known = dict(zip(ids, self._ask_many("known_many", ids), strict=True))
+        else:
+            known = {bid: self.known(bid) for bid in ids}
+        return [all(isinstance(c, int) or known[c] for c in content) for content in contents]
+
+    def _ask_many(self, op: str, ids: list[bytes]) -> list[bool]:
+        """One ``known_many`` or ``claim_many`` request per MAX_IDS ids."""
+        answers: list[bool] = []
+        for at in range(0, len(ids), MAX_IDS):
+            part = ids[at : at + MAX_IDS]
+            values = field(self._call({"op": op, "ids": part}), "values", list)
+            if len(values) != len(part):
+                raise ProtocolError(f"{op}: {len(values)} answers for {len(part)} ids")
+            answers += [bool(v) for v in values]
+        return answers
 
     def store(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
@@ -107,7 +134,8 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         return _stat(writer, request)
     if request["op"] == "run":
         return _run(writer, request)
-    sink = DirectorSink(reader, writer, request)
+    minor = hello.get("minor", 0)
+    sink = DirectorSink(reader, writer, request, minor if isinstance(minor, int) else 0)
     paths = [str(p) for p in field(request, "paths", list)]
     try:
         streams = _streams(request)

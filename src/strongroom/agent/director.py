@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -21,6 +22,7 @@ from typing import IO, Any
 import msgspec
 
 from strongroom.agent.protocol import (
+    MAX_IDS,
     MINOR,
     MINOR_CLIENT_CHECKS,
     MINOR_STREAMS,
@@ -49,7 +51,10 @@ from strongroom.repository.crypto import blob_id
 from strongroom.repository.snapshot import decode_snapshot
 from strongroom.repository.tree import FILE, decode_tree, encode_tree
 
-REQUESTS = frozenset({"known", "claim", "store", "finish", "discard", "commit", "done", "failed"})
+REQUESTS = frozenset({
+    "known", "claim", "known_many", "claim_many", "store", "finish", "discard", "commit",
+    "done", "failed",
+})  # fmt: skip
 
 
 class ClientUnreachable(StrongroomError):
@@ -80,6 +85,8 @@ class AgentResult:
     snapshot: Snapshot
     warnings: list[str] = field(default_factory=list)
     log: str = ""
+    # The agent's requests by op (each one a round trip).
+    requests: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -400,14 +407,16 @@ class AgentSession(AgentProcess):
         })  # fmt: skip
         streams.start()
         committed: Snapshot | None = None
+        requests: Counter[str] = Counter()
         while True:
             message = read_frame(r, REQUESTS)
             op = message["op"]
+            requests[op] += 1
             if op == "done":
                 if committed is None:
                     raise ProtocolError("the agent finished without a snapshot")
                 warnings = [str(x) for x in message.get("warnings", [])]
-                return AgentResult(committed, warnings, self.log)
+                return AgentResult(committed, warnings, self.log, requests)
             if op == "failed":
                 raise remote_error(message, "on the client: ")
             try:
@@ -433,6 +442,12 @@ class AgentSession(AgentProcess):
             if len(bid) != 32:
                 raise ProtocolError("blob ids are 32 bytes")
             return {"value": sink.known(bid) if op == "known" else sink.claim(bid)}, None
+        if op in ("known_many", "claim_many"):
+            ids = get(message, "ids", list)
+            if len(ids) > MAX_IDS or not all(isinstance(b, bytes) and len(b) == 32 for b in ids):
+                raise ProtocolError(f"{op} takes at most {MAX_IDS} ids of 32 bytes")
+            ask = sink.known if op == "known_many" else sink.claim
+            return {"values": [ask(bid) for bid in ids]}, None
         if op == "store":
             return {"stored": self._store(sink, message)}, None
         if op == "finish":

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from strongroom.clock import Clock
 from strongroom.engine import scanproc
-from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.files_cache import CachedFile, FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
 from strongroom.engine.scan import Scanner
 from strongroom.engine.scanproc import directory_roots, normalize_paths
@@ -345,12 +345,32 @@ class Archiver:
             )
             return content, read
 
-    def _add_file(self, path: bytes, node: Node) -> Node | _PendingFile:
+    def _unchanged_files(self, base: bytes, entries: list[Node]) -> dict[bytes, CachedFile]:
+        """The files of a directory listing (by name) that the files cache says are
+        unchanged and whose chunks the repository still holds: one question to the
+        sink for them all (one round trip, where it is a director)."""
+        cached: list[tuple[bytes, CachedFile]] = []
+        for child in entries:
+            if child.type == FILE:
+                entry = self.files_cache.lookup(base + child.name, child)
+                if entry is not None:
+                    cached.append((child.name, entry))
+        if not cached:
+            return {}
+        known = self.sink.known_contents([entry.content for _, entry in cached])
+        return {name: entry for (name, entry), ok in zip(cached, known, strict=True) if ok}
+
+    def _add_file(
+        self, path: bytes, node: Node, unchanged: dict[bytes, CachedFile] | None = None
+    ) -> Node | _PendingFile:
         """An unchanged file's node at once; otherwise the file joins a worker's batch.
-        ``node`` is the file's, from its lstat."""
+        ``node`` is the file's, from its lstat; ``unchanged``: its directory's
+        ``_unchanged_files``, when known."""
         self._stop_if_failed()
-        cached = self.files_cache.lookup(path, node)
-        if cached is not None and self.sink.known_content(cached.content):
+        if unchanged is None:
+            unchanged = self._unchanged_files(path[: -len(node.name)], [node])
+        cached = unchanged.get(node.name)
+        if cached is not None:
             node.content = cached.content
             node.xattrs = cached.xattrs
             self.files_cache.keep(path)
@@ -672,9 +692,10 @@ class Archiver:
         node.xattrs = listing.xattrs
         base = path.rstrip(b"/") + b"/"
         children = pending.children
+        unchanged = self._unchanged_files(base, listing.entries)
         for child in listing.entries:
             if child.type == FILE:
-                children.append(self._add_file(base + child.name, child))
+                children.append(self._add_file(base + child.name, child, unchanged))
             elif child.type == DIR:
                 self._walked.dirs += 1
                 children.append(self._walk(base + child.name, child, ready))

@@ -37,8 +37,9 @@ class BlobSink(Protocol):
     def known(self, bid: bytes) -> bool:
         """Whether the repository already holds the blob."""
 
-    def known_content(self, content: list[bytes | int]) -> bool:
-        """Whether the repository holds every blob of a file's content (ints: holes)."""
+    def known_contents(self, contents: Sequence[list[bytes | int]]) -> list[bool]:
+        """For each file's content, whether the repository holds every blob of it
+        (ints: holes); one question, where the sink is remote."""
 
     def claim(self, bid: bytes) -> bool:
         """True when the caller must store the blob: nobody has it or is storing it."""
@@ -95,8 +96,9 @@ class RepositorySink:
     def known(self, bid: bytes) -> bool:
         return self.repo.has_blob(bid)
 
-    def known_content(self, content: list[bytes | int]) -> bool:
-        return self.repo.has_blobs(content)
+    def known_contents(self, contents: Sequence[list[bytes | int]]) -> list[bool]:
+        has_blobs = self.repo.has_blobs
+        return [has_blobs(content) for content in contents]
 
     def claim(self, bid: bytes) -> bool:
         if self.repo.has_blob(bid):

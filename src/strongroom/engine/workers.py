@@ -385,7 +385,7 @@ class ChildSink:
     def known(self, bid: bytes) -> bool:
         raise NotImplementedError("the files cache is the parent's")
 
-    def known_content(self, content: list[bytes | int]) -> bool:
+    def known_contents(self, contents: Sequence[list[bytes | int]]) -> list[bool]:
         raise NotImplementedError("the files cache is the parent's")
 
     def claim(self, bid: bytes) -> bool:

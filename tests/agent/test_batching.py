@@ -1,0 +1,97 @@
+"""Protocol 1.3: the agent asks about many chunks per round trip, over a real sshd.
+
+An unchanged re-backup asks one ``known_many`` per directory (not one ``known`` per
+chunk), new chunks are claimed a group at a time, and an agent talking to a director
+that predates 1.3 falls back to one id per request with the same result.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from strongroom.agent import director
+from strongroom.agent.director import AgentBackup, AgentSession
+from strongroom.backend import LocalBackend
+from strongroom.clock import SystemClock
+from strongroom.repository import Repository
+from tests.agent.conftest import Sshd
+from tests.conftest import PASSWORD, cli
+from tests.reliability.helpers import assert_restored_exactly, manifest
+
+DIRS = 12
+FILES = 15
+
+
+def _tree(root: Path) -> None:
+    rng = random.Random(13)
+    for d in range(DIRS):
+        sub = root / f"d{d:02}"
+        sub.mkdir(parents=True)
+        for f in range(FILES):
+            (sub / f"f{f:02}").write_bytes(rng.randbytes(rng.randrange(100, 20_000)))
+    (root / "d00" / "big.bin").write_bytes(rng.randbytes(6_000_000))  # several chunks
+
+
+def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
+    repo = Repository.open(LocalBackend(repo_path), PASSWORD.encode())
+    repo.load_index()
+    command = [*sshd.ssh_command(), "-p", str(sshd.port), "127.0.0.1",
+               " ".join(shlex.quote(w) for w in sshd.agent_command())]  # fmt: skip
+    result = AgentSession(command, repo, SystemClock()).backup(
+        AgentBackup(paths=[str(src)], client="web01", job="default")
+    )
+    return result.snapshot.id, result.requests
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "repo"
+    assert cli("--repo", str(repo), "init").code == 0
+    src = tmp_path / "src"
+    _tree(src)
+    return repo, src
+
+
+def _restores(repo: Path, snapshot_id: str, src: Path, target: Path) -> None:
+    r = cli("--repo", str(repo), "restore", snapshot_id, "--target", str(target))
+    assert r.code == 0, r.stderr
+    assert_restored_exactly(target, src, manifest(src))
+
+
+def test_chunks_are_asked_about_in_batches(
+    setup: tuple[Path, Path], sshd: Sshd, tmp_path: Path
+) -> None:
+    repo, src = setup
+    first, asked = _backup(repo, sshd, src)
+    # New data: claimed a group at a time; one by one only the trees (one a directory).
+    assert asked["known"] == asked["known_many"] == 0, asked
+    assert 1 <= asked["claim_many"] < DIRS * FILES // 4, asked
+    assert asked["claim"] <= DIRS + len(src.parts) + 1, asked
+    _restores(repo, first, src, tmp_path / "t1")
+
+    second, asked = _backup(repo, sshd, src)
+    # Unchanged: one known_many per directory with files, nothing read or stored.
+    assert asked["known"] == 0, asked
+    assert asked["known_many"] <= DIRS, asked
+    assert asked["store"] == 0, asked
+    assert asked["claim_many"] == 0, asked
+    _restores(repo, second, src, tmp_path / "t2")
+
+
+def test_an_older_director_is_asked_one_id_at_a_time(
+    setup: tuple[Path, Path], sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, src = setup
+    monkeypatch.setattr(director, "MINOR", 2)  # this director announces 1.2
+    first, asked = _backup(repo, sshd, src)
+    assert asked["claim_many"] == asked["known_many"] == 0, asked
+    assert asked["claim"] > DIRS * FILES, asked  # every chunk, one by one
+    second, asked = _backup(repo, sshd, src)
+    assert asked["known_many"] == 0 and asked["known"] >= DIRS * FILES, asked
+    assert asked["store"] == 0, asked
+    _restores(repo, second, src, tmp_path / "t")
