@@ -22,6 +22,10 @@ def main() -> None:
     elif mode == "remove":
         for name in ("snapshots/", "data/", "locks/"):
             write_frame(writer, {"op": "remove", "name": name})
+    elif mode == "many":  # more ids in one question than a director answers
+        write_frame(writer, {"op": "known_many", "ids": [bytes(32)] * 65537})
+    elif mode == "short-ids":
+        write_frame(writer, {"op": "claim_many", "ids": [bytes(32), b"short"]})
     elif mode == "poison":
         victim = bytes.fromhex(os.environ["FAKE_AGENT_VICTIM"])
         write_frame(writer, {"op": "claim", "id": victim})

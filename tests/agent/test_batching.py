@@ -7,6 +7,7 @@ that predates 1.3 falls back to one id per request with the same result.
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
 from collections import Counter
@@ -35,6 +36,9 @@ def _tree(root: Path) -> None:
         for f in range(FILES):
             (sub / f"f{f:02}").write_bytes(rng.randbytes(rng.randrange(100, 20_000)))
     (root / "d00" / "big.bin").write_bytes(rng.randbytes(6_000_000))  # several chunks
+    old = 1_600_000_000 * 10**9  # files the cache can trust (not written just now)
+    for path in root.rglob("*"):
+        os.utime(path, ns=(old, old))
 
 
 def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
@@ -75,11 +79,12 @@ def test_chunks_are_asked_about_in_batches(
     _restores(repo, first, src, tmp_path / "t1")
 
     second, asked = _backup(repo, sshd, src)
-    # Unchanged: one known_many per directory with files, nothing read or stored.
+    # Unchanged: one known_many per directory with files, nothing read; only the trees
+    # of the source's parents (whose times the restore above changed) are new.
     assert asked["known"] == 0, asked
-    assert asked["known_many"] <= DIRS, asked
-    assert asked["store"] == 0, asked
+    assert asked["known_many"] == DIRS, asked
     assert asked["claim_many"] == 0, asked
+    assert asked["store"] <= len(src.parts), asked
     _restores(repo, second, src, tmp_path / "t2")
 
 
@@ -88,10 +93,10 @@ def test_an_older_director_is_asked_one_id_at_a_time(
 ) -> None:
     repo, src = setup
     monkeypatch.setattr(director, "MINOR", 2)  # this director announces 1.2
-    first, asked = _backup(repo, sshd, src)
+    _, asked = _backup(repo, sshd, src)
     assert asked["claim_many"] == asked["known_many"] == 0, asked
     assert asked["claim"] > DIRS * FILES, asked  # every chunk, one by one
     second, asked = _backup(repo, sshd, src)
     assert asked["known_many"] == 0 and asked["known"] >= DIRS * FILES, asked
-    assert asked["store"] == 0, asked
+    assert asked["store"] <= len(src.parts), asked
     _restores(repo, second, src, tmp_path / "t")

@@ -148,7 +148,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
     reader.seek(0)
     assert serve(reader, writer) == 0
     writer.seek(0)
-    assert read_frame(writer)["minor"] == MINOR == 2
+    assert read_frame(writer)["minor"] == MINOR == 3
     return read_frame(writer)
 
 
