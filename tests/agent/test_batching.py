@@ -1,7 +1,7 @@
 """Protocol 1.3: the agent asks about many chunks per round trip, over a real sshd.
 
 An unchanged re-backup asks one ``known_many`` per directory (not one ``known`` per
-chunk), new chunks are claimed a group at a time, and an agent talking to a director
+chunk), new chunks and trees are claimed a group at a time, and an agent talking to a director
 that predates 1.3 falls back to one id per request with the same result.
 """
 
@@ -72,18 +72,18 @@ def test_chunks_are_asked_about_in_batches(
 ) -> None:
     repo, src = setup
     first, asked = _backup(repo, sshd, src)
-    # New data: claimed a group at a time; one by one only the trees (one a directory).
-    assert asked["known"] == asked["known_many"] == 0, asked
-    assert 1 <= asked["claim_many"] < DIRS * FILES // 4, asked
-    assert asked["claim"] <= DIRS + len(src.parts) + 1, asked
+    # New data: claimed a group at a time, and so are the trees; nothing one by one.
+    assert asked["known"] == asked["known_many"] == asked["claim"] == 0, asked
+    assert 2 <= asked["claim_many"] < DIRS * FILES // 4, asked
     _restores(repo, first, src, tmp_path / "t1")
 
     second, asked = _backup(repo, sshd, src)
-    # Unchanged: one known_many per directory with files, nothing read; only the trees
-    # of the source's parents (whose times the restore above changed) are new.
-    assert asked["known"] == 0, asked
+    # Unchanged: one known_many per directory with files, nothing read, one claim_many
+    # for all the trees; only those of the source's parents (whose times the restore
+    # above changed) are new.
+    assert asked["known"] == asked["claim"] == 0, asked
     assert asked["known_many"] == DIRS, asked
-    assert asked["claim_many"] == 0, asked
+    assert asked["claim_many"] == 1, asked
     assert asked["store"] <= len(src.parts), asked
     _restores(repo, second, src, tmp_path / "t2")
 

@@ -46,6 +46,13 @@ from strongroom.repository.tree import DIR, FILE, encode_tree
 
 # Directories walked, waiting for their files to be read to be written as trees.
 MAX_DIRS_WAITING = 1024
+# A directory's files are looked up in the files cache, and their chunks asked about,
+# this many at a time (one round trip each, where the sink is a director).
+LOOKUP_BATCH = 256
+# New trees are claimed together (one question to the sink: one round trip, where it
+# is a director) once this many, or this much of them, wait.
+TREE_BATCH = 256
+TREE_BATCH_BYTES = 1 << 20
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
 BATCH_FILES = 128
 BATCH_BYTES = 8 << 20
@@ -253,6 +260,8 @@ class Archiver:
         self._local = threading.local()
         self._stats = _Stats()
         self._walked = _Counts()  # the walk's own counts (one thread)
+        self._trees: list[tuple[bytes, bytes]] = []  # made by the walk, not yet claimed
+        self._trees_size = 0
         self._warnings: list[FileWarning] = []
         self._batch = _Batch()
         self._in_flight: set[Future[_Counts]] = set()
@@ -692,16 +701,19 @@ class Archiver:
         node.xattrs = listing.xattrs
         base = path.rstrip(b"/") + b"/"
         children = pending.children
-        unchanged = self._unchanged_files(base, listing.entries)
-        for child in listing.entries:
-            if child.type == FILE:
-                children.append(self._add_file(base + child.name, child, unchanged))
-            elif child.type == DIR:
-                self._walked.dirs += 1
-                children.append(self._walk(base + child.name, child, ready))
-            else:
-                self._walked.other += 1
-                children.append(child)
+        entries = listing.entries
+        for at in range(0, len(entries), LOOKUP_BATCH):
+            part = entries[at : at + LOOKUP_BATCH]
+            unchanged = self._unchanged_files(base, part)
+            for child in part:
+                if child.type == FILE:
+                    children.append(self._add_file(base + child.name, child, unchanged))
+                elif child.type == DIR:
+                    self._walked.dirs += 1
+                    children.append(self._walk(base + child.name, child, ready))
+                else:
+                    self._walked.other += 1
+                    children.append(child)
         ready.append(pending)
         self._drain(ready, MAX_DIRS_WAITING)
         return pending
@@ -738,14 +750,28 @@ class Archiver:
         pending.children = []
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
+        """The tree's id at once; the tree itself is stored with others, before the
+        backup finishes its packs (``_flush_trees``)."""
         data = encode_tree(nodes)
         bid = blob_id(self.sink.id_key, data)
-        if self.sink.claim(bid):
-            stored = self.sink.store(TREE, bid, data)
-            self._walked.blobs_new += 1
-            self._walked.bytes_new += stored.raw_length
-            self._walked.bytes_stored += stored.stored_length
+        self._trees.append((bid, data))
+        self._trees_size += len(data)
+        if len(self._trees) >= TREE_BATCH or self._trees_size >= TREE_BATCH_BYTES:
+            self._flush_trees()
         return bid
+
+    def _flush_trees(self) -> None:
+        """Claim the waiting trees in one question; store those nobody has."""
+        trees, self._trees, self._trees_size = self._trees, [], 0
+        if not trees:
+            return
+        granted = self.sink.claim_many([bid for bid, _ in trees])
+        for (bid, data), new in zip(trees, granted, strict=True):
+            if new:
+                stored = self.sink.store(TREE, bid, data)
+                self._walked.blobs_new += 1
+                self._walked.bytes_new += stored.raw_length
+                self._walked.bytes_stored += stored.stored_length
 
     # --- the whole backup -----------------------------------------------------------
 
@@ -780,7 +806,9 @@ class Archiver:
                 self._pool = pool
                 try:
                     root_tree = self._archive_roots(roots, request.streams, pool, ready)
+                    self._flush_trees()
                 except BaseException:
+                    self._trees, self._trees_size = [], 0
                     for stream in request.streams:
                         stream.stop()  # or the pool would wait for the command to finish
                     pool.shutdown(wait=True, cancel_futures=True)
