@@ -24,6 +24,9 @@ def main() -> None:
             write_frame(writer, {"op": "remove", "name": name})
     elif mode == "many":  # more ids in one question than a director answers
         write_frame(writer, {"op": "known_many", "ids": [bytes(32)] * 65537})
+    elif mode == "many-blobs":
+        blob = {"type": 0, "id": bytes(32), "raw": 1, "compressed": False, "data": b"x"}
+        write_frame(writer, {"op": "store_many", "blobs": [blob] * 257})
     elif mode == "short-ids":
         write_frame(writer, {"op": "claim_many", "ids": [bytes(32), b"short"]})
     elif mode == "poison":

@@ -1,7 +1,8 @@
 """Protocol 1.3: the agent asks about many chunks per round trip, over a real sshd.
 
 An unchanged re-backup asks one ``known_many`` per directory (not one ``known`` per
-chunk), new chunks and trees are claimed a group at a time, and an agent talking to a director
+chunk), new chunks and trees are claimed a group at a time and sent several to a
+request, and an agent talking to a director
 that predates 1.3 falls back to one id per request with the same result.
 """
 
@@ -72,9 +73,17 @@ def test_chunks_are_asked_about_in_batches(
 ) -> None:
     repo, src = setup
     first, asked = _backup(repo, sshd, src)
-    # New data: claimed a group at a time, and so are the trees; nothing one by one.
-    assert asked["known"] == asked["known_many"] == asked["claim"] == 0, asked
+    # New data: claimed a group at a time, and so are the trees, and sent several blobs
+    # (up to 8 MiB) to a request; nothing one by one.
+    assert asked["known"] == asked["known_many"] == asked["claim"] == asked["store"] == 0
     assert 2 <= asked["claim_many"] < DIRS * FILES // 4, asked
+    assert 1 <= asked["store_many"] <= 4, asked
+    # The agent counts what the director stored without being told: exactly.
+    stored = Repository.open(LocalBackend(repo), PASSWORD.encode())
+    stored.load_index()
+    snap = next(s for s in stored.snapshots() if s.id == first)
+    in_packs = sum(loc.length for blobs in stored.index.by_pack().values() for _, loc in blobs)
+    assert snap.summary.bytes_stored == in_packs
     _restores(repo, first, src, tmp_path / "t1")
 
     second, asked = _backup(repo, sshd, src)
@@ -83,8 +92,7 @@ def test_chunks_are_asked_about_in_batches(
     # above changed) are new.
     assert asked["known"] == asked["claim"] == 0, asked
     assert asked["known_many"] == DIRS, asked
-    assert asked["claim_many"] == 1, asked
-    assert asked["store"] <= len(src.parts), asked
+    assert asked["claim_many"] == asked["store_many"] == 1, asked
     _restores(repo, second, src, tmp_path / "t2")
 
 
@@ -94,8 +102,9 @@ def test_an_older_director_is_asked_one_id_at_a_time(
     repo, src = setup
     monkeypatch.setattr(director, "MINOR", 2)  # this director announces 1.2
     _, asked = _backup(repo, sshd, src)
-    assert asked["claim_many"] == asked["known_many"] == 0, asked
+    assert asked["claim_many"] == asked["known_many"] == asked["store_many"] == 0, asked
     assert asked["claim"] > DIRS * FILES, asked  # every chunk, one by one
+    assert asked["store"] > DIRS * FILES, asked
     second, asked = _backup(repo, sshd, src)
     assert asked["known_many"] == 0 and asked["known"] >= DIRS * FILES, asked
     assert asked["store"] <= len(src.parts), asked

@@ -61,14 +61,21 @@ def test_an_agent_that_asks_to_delete_is_refused(
     assert "id_key" in saw and not any("encrypt" in k or "password" in k for k in saw)
 
 
-@pytest.mark.parametrize("mode", ["many", "short-ids"])
-def test_an_agent_asking_about_too_many_or_malformed_ids_is_refused(
-    setup: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+@pytest.mark.parametrize(
+    ("mode", "refusal"),
+    [
+        ("many", "known_many takes at most 65536 ids of 32 bytes"),
+        ("short-ids", "claim_many takes at most 65536 ids of 32 bytes"),
+        ("many-blobs", "store_many takes at most 256 blobs"),
+    ],
+)
+def test_an_agent_sending_too_many_or_malformed_ids_is_refused(
+    setup: Path, monkeypatch: pytest.MonkeyPatch, mode: str, refusal: str
 ) -> None:
     monkeypatch.setenv("FAKE_AGENT_MODE", mode)
     r = cli("run", "evil", "--json")
     assert r.code == 1, r.stdout + r.stderr
-    assert "takes at most 65536 ids of 32 bytes" in r.stdout
+    assert refusal in r.stdout
     _restores_exactly(setup)
 
 

@@ -16,6 +16,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +25,8 @@ from strongroom.agent.protocol import (
     MAX_IDS,
     MINOR,
     MINOR_BATCHES,
+    STORE_BATCH,
+    STORE_BATCH_BYTES,
     VERSION,
     Channel,
     ProtocolError,
@@ -40,6 +43,7 @@ from strongroom.engine.streams import CommandStream
 from strongroom.errors import StrongroomError
 from strongroom.process import run_command
 from strongroom.repository import Chunker, ChunkerParams, Node, Snapshot, compression
+from strongroom.repository.crypto import BLOB_OVERHEAD
 from strongroom.repository.snapshot import encode_snapshot
 from strongroom.repository.tree import decode_tree
 
@@ -48,13 +52,16 @@ class DirectorSink:
     """A BlobSink whose repository is on the director, reached by request and reply.
     Each request is a round trip: from a director that takes them (protocol 1.3), the
     chunks of a directory's unchanged files and of a group of new chunks are asked
-    about in one request each, not one by one."""
+    about in one request each, not one by one, and new blobs go several to a request."""
 
     def __init__(
         self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any], director_minor: int = 0
     ) -> None:
         self._call = Channel(reader, writer).call
         self._batches = director_minor >= MINOR_BATCHES
+        self._store_lock = threading.Lock()
+        self._stores: list[dict[str, Any]] = []  # blobs for the next store_many
+        self._stores_size = 0
         self.id_key: bytes = field(setup, "id_key", bytes)
         chunker = field(setup, "chunker", list)
         self._params = ChunkerParams(int(chunker[0]), int(chunker[1]), int(chunker[2]))
@@ -101,16 +108,36 @@ class DirectorSink:
         self, blob_type: int, bid: bytes, data: bytes | memoryview, compressed: bytes | None = None
     ) -> Stored:
         packed = compression.compress(data, self._level) if len(data) > 64 else None
-        reply = self._call({
-            "op": "store", "type": blob_type, "id": bid, "raw": len(data),
-            "compressed": packed is not None, "data": packed if packed is not None else bytes(data),
-        })  # fmt: skip
-        return Stored(len(data), int(reply["stored"]))
+        payload = packed if packed is not None else bytes(data)
+        blob: dict[str, Any] = {
+            "type": blob_type, "id": bid, "raw": len(data), "compressed": packed is not None,
+            "data": payload,
+        }  # fmt: skip
+        if not self._batches:
+            return Stored(len(data), int(self._call({"op": "store", **blob})["stored"]))
+        # Sent with others (store_many); the director stores the payload as it is, so
+        # what it takes is known here.
+        with self._store_lock:
+            self._stores.append(blob)
+            self._stores_size += len(payload)
+            if len(self._stores) >= STORE_BATCH or self._stores_size >= STORE_BATCH_BYTES:
+                self._flush_stores()
+        return Stored(len(data), len(payload) + BLOB_OVERHEAD)
+
+    def _flush_stores(self) -> None:
+        """Send the waiting blobs in one store_many (the caller holds _store_lock)."""
+        blobs, self._stores, self._stores_size = self._stores, [], 0
+        if blobs:
+            self._call({"op": "store_many", "blobs": blobs})
 
     def finish(self) -> None:
+        with self._store_lock:
+            self._flush_stores()
         self._call({"op": "finish"})
 
     def discard(self) -> None:
+        with self._store_lock:
+            self._stores, self._stores_size = [], 0
         try:
             self._call({"op": "discard"})
         except StrongroomError:

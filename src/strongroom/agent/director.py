@@ -26,6 +26,7 @@ from strongroom.agent.protocol import (
     MINOR,
     MINOR_CLIENT_CHECKS,
     MINOR_STREAMS,
+    STORE_BATCH,
     VERSION,
     ProtocolError,
     SessionClosed,
@@ -52,8 +53,8 @@ from strongroom.repository.snapshot import decode_snapshot
 from strongroom.repository.tree import FILE, decode_tree, encode_tree
 
 REQUESTS = frozenset({
-    "known", "claim", "known_many", "claim_many", "store", "finish", "discard", "commit",
-    "done", "failed",
+    "known", "claim", "known_many", "claim_many", "store", "store_many", "finish", "discard",
+    "commit", "done", "failed",
 })  # fmt: skip
 
 
@@ -450,6 +451,11 @@ class AgentSession(AgentProcess):
             return {"values": [ask(bid) for bid in ids]}, None
         if op == "store":
             return {"stored": self._store(sink, message)}, None
+        if op == "store_many":
+            blobs = get(message, "blobs", list)
+            if len(blobs) > STORE_BATCH or not all(isinstance(b, dict) for b in blobs):
+                raise ProtocolError(f"store_many takes at most {STORE_BATCH} blobs")
+            return {"stored": [self._store(sink, blob) for blob in blobs]}, None
         if op == "finish":
             streams.wait()  # their packs are finished with the agent's
             sink.finish()
