@@ -13,17 +13,19 @@ import random
 import shlex
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from strongroom.agent import director
-from strongroom.agent.director import AgentBackup, AgentSession
+from strongroom.agent.director import AgentBackup, AgentRestore, AgentSession
 from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
+from strongroom.engine.walk import walk
 from strongroom.repository import Repository
 from tests.agent.conftest import Sshd
 from tests.conftest import PASSWORD, cli
-from tests.reliability.helpers import assert_restored_exactly, manifest
+from tests.reliability.helpers import assert_restored_exactly, manifest, restored_root
 
 DIRS = 12
 FILES = 15
@@ -45,12 +47,26 @@ def _tree(root: Path) -> None:
 def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
     repo = Repository.open(LocalBackend(repo_path), PASSWORD.encode())
     repo.load_index()
-    command = [*sshd.ssh_command(), "-p", str(sshd.port), "127.0.0.1",
-               " ".join(shlex.quote(w) for w in sshd.agent_command())]  # fmt: skip
-    result = AgentSession(command, repo, SystemClock()).backup(
+    result = AgentSession(_command(sshd), repo, SystemClock()).backup(
         AgentBackup(paths=[str(src)], client="web01", job="default")
     )
     return result.snapshot.id, result.requests
+
+
+def _restore_through_agent(
+    repo_path: Path, sshd: Sshd, snapshot_id: str, target: Path
+) -> dict[str, Any]:
+    repo = Repository.open(LocalBackend(repo_path), PASSWORD.encode())
+    repo.load_index()
+    snap = next(s for s in repo.snapshots() if s.id == snapshot_id)
+    return AgentSession(_command(sshd), repo, SystemClock()).restore(
+        AgentRestore(tree=snap.tree, target=str(target))
+    )
+
+
+def _command(sshd: Sshd) -> list[str]:
+    return [*sshd.ssh_command(), "-p", str(sshd.port), "127.0.0.1",
+            " ".join(shlex.quote(w) for w in sshd.agent_command())]  # fmt: skip
 
 
 @pytest.fixture
@@ -109,3 +125,48 @@ def test_an_older_director_is_asked_one_id_at_a_time(
     assert asked["known_many"] == 0 and asked["known"] >= DIRS * FILES, asked
     assert asked["store"] <= len(src.parts), asked
     _restores(repo, second, src, tmp_path / "t")
+    done = _restore_through_agent(repo, sshd, second, tmp_path / "t2")
+    assert done["requests"]["blobs"] == 0 and done["requests"]["blob"] > DIRS * FILES
+    assert_restored_exactly(tmp_path / "t2", src, manifest(src))
+
+
+def test_a_restore_through_the_agent_fetches_blobs_in_batches(
+    setup: tuple[Path, Path], sshd: Sshd, tmp_path: Path
+) -> None:
+    repo, src = setup
+    snapshot_id, _ = _backup(repo, sshd, src)
+    done = _restore_through_agent(repo, sshd, snapshot_id, tmp_path / "t")
+    assert done["errors"] == [] and done["files"] == DIRS * FILES + 1, done
+    asked = done["requests"]
+    assert asked["blob"] == 0, asked
+    assert 1 <= asked["blobs"] <= 12, asked  # ~8 MiB in jobs of up to 16 MiB
+    assert_restored_exactly(tmp_path / "t", src, manifest(src))
+
+
+def test_a_restore_through_the_agent_names_only_the_damaged_files(
+    setup: tuple[Path, Path], sshd: Sshd, tmp_path: Path
+) -> None:
+    repo, src = setup
+    snapshot_id, _ = _backup(repo, sshd, src)
+    # Flip a byte inside one chunk of big.bin: the batch that carries it says why.
+    stored = Repository.open(LocalBackend(repo), PASSWORD.encode())
+    stored.load_index()
+    snap = next(s for s in stored.snapshots() if s.id == snapshot_id)
+    files = [(path, node) for path, node in walk(stored, snap.tree) if node.content]
+    big = next(node for path, node in files if path.endswith(b"/d00/big.bin"))
+    victim = stored.lookup(big.content[1])
+    assert victim is not None
+    [pack] = [p for p in (repo / "data").rglob("*") if p.name.startswith(victim.pack_id)]
+    damaged = bytearray(pack.read_bytes())
+    damaged[victim.offset + 40] ^= 1
+    pack.write_bytes(damaged)
+    hurt = {path for path, node in files if big.content[1] in node.content}
+    done = _restore_through_agent(repo, sshd, snapshot_id, tmp_path / "t")
+    named = {e.split(":")[0] for e in done["errors"]}
+    assert named == {os.fsdecode(p) for p in hurt}, done["errors"]
+    assert done["files"] == DIRS * FILES + 1 - len(hurt)
+    expected = manifest(src)
+    got = manifest(restored_root(tmp_path / "t", src))
+    for rel, entry in got.items():
+        assert expected[rel] == entry, f"{rel} restored with wrong content"
+    assert len(got) == len(expected) - len(hurt)

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +26,7 @@ from strongroom.agent.protocol import (
     MAX_IDS,
     MINOR,
     MINOR_BATCHES,
+    RESTORE_BATCH,
     STORE_BATCH,
     STORE_BATCH_BYTES,
     VERSION,
@@ -32,6 +34,7 @@ from strongroom.agent.protocol import (
     ProtocolError,
     field,
     read_frame,
+    remote_error,
     write_frame,
 )
 from strongroom.clock import SystemClock
@@ -156,7 +159,7 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
     write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": True})
     request = read_frame(reader, frozenset({"backup", "restore", "stat", "run"}))
     if request["op"] == "restore":
-        return _restore(reader, writer, request)
+        return _restore(reader, writer, hello, request)
     if request["op"] == "stat":
         return _stat(writer, request)
     if request["op"] == "run":
@@ -259,27 +262,78 @@ def _streams(request: dict[str, Any]) -> list[CommandStream]:
 
 class DirectorSource:
     """A BlobSource whose repository is on the director: it sends decrypted trees and
-    data, only those of the snapshot being restored."""
+    data, only those of the snapshot being restored. From a director that takes them
+    (protocol 1.3), the blobs a thread ``want``s come several to a request."""
 
-    def __init__(self, reader: BinaryIO, writer: BinaryIO, id_key: bytes) -> None:
+    def __init__(
+        self, reader: BinaryIO, writer: BinaryIO, id_key: bytes, director_minor: int = 0
+    ) -> None:
         self._call = Channel(reader, writer).call
         self.id_key = id_key
+        self._batches = director_minor >= MINOR_BATCHES
+        self._local = threading.local()  # each thread's wanted ids and fetched blobs
 
     def tree(self, tree_id: bytes) -> list[Node]:
         data = field(self._call({"op": "tree", "id": tree_id}), "data", bytes)
         return decode_tree(data, f"tree {tree_id.hex()[:16]}").nodes
 
+    def want(self, bids: list[bytes]) -> None:
+        local = self._local
+        ids = bids if self._batches else []  # an older director: one blob at a time
+        local.wanted = deque(dict.fromkeys(ids))  # each fetched once, in this order
+        local.uses = Counter(ids)  # a fetched blob is kept until its last use
+        local.fetched = {}
+
     def blob(self, bid: bytes) -> bytes:
-        data: bytes = field(self._call({"op": "blob", "id": bid}), "data", bytes)
-        return data
+        local = self._local
+        if not hasattr(local, "uses"):
+            self.want([])  # nothing said: each blob is asked for alone
+        uses: Counter[bytes] = local.uses
+        fetched: dict[bytes, bytes | StrongroomError] = local.fetched
+        if uses[bid] > 0 and bid not in fetched:
+            wanted: deque[bytes] = local.wanted
+            while wanted[0] != bid:  # wanted by a file given up on: not asked for now
+                del uses[wanted.popleft()]
+            self._fetch(wanted, fetched)
+        got = fetched.get(bid)
+        if got is None:  # not wanted (or no longer): asked for alone
+            data: bytes = field(self._call({"op": "blob", "id": bid}), "data", bytes)
+            return data
+        uses[bid] -= 1
+        if uses[bid] <= 0:
+            del fetched[bid], uses[bid]
+        if isinstance(got, StrongroomError):
+            raise got
+        return got
+
+    def _fetch(self, wanted: deque[bytes], fetched: dict[bytes, bytes | StrongroomError]) -> None:
+        """One ``blobs`` request for the next wanted ids; the director answers as many
+        as fit in its reply (at least one), and the rest stay wanted."""
+        ids = [wanted[i] for i in range(min(len(wanted), RESTORE_BATCH))]
+        items = field(self._call({"op": "blobs", "ids": ids}), "data", list)
+        if not 1 <= len(items) <= len(ids):
+            raise ProtocolError(f"blobs: {len(items)} answers for {len(ids)} ids")
+        for bid, item in zip(ids, items, strict=False):
+            wanted.popleft()
+            if isinstance(item, bytes):
+                fetched[bid] = item
+            elif isinstance(item, dict):  # that blob could not be read: why
+                fetched[bid] = remote_error(item)
+            else:
+                raise ProtocolError("blobs: an answer is neither data nor an error")
 
     def blob_size(self, bid: bytes) -> int | None:
         value = self._call({"op": "size", "id": bid}).get("value")
         return value if isinstance(value, int) else None
 
 
-def _restore(reader: BinaryIO, writer: BinaryIO, request: dict[str, Any]) -> int:
-    source = DirectorSource(reader, writer, field(request, "id_key", bytes))
+def _restore(
+    reader: BinaryIO, writer: BinaryIO, hello: dict[str, Any], request: dict[str, Any]
+) -> int:
+    minor = hello.get("minor", 0)
+    source = DirectorSource(
+        reader, writer, field(request, "id_key", bytes), minor if isinstance(minor, int) else 0
+    )
     try:
         result = Restorer(None, source=source).restore_tree(
             field(request, "tree", bytes),

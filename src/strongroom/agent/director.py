@@ -26,6 +26,8 @@ from strongroom.agent.protocol import (
     MINOR,
     MINOR_CLIENT_CHECKS,
     MINOR_STREAMS,
+    RESTORE_BATCH,
+    RESTORE_BATCH_BYTES,
     STORE_BATCH,
     VERSION,
     ProtocolError,
@@ -345,13 +347,18 @@ class AgentSession(AgentProcess):
         # Only what this snapshot references may be read: a client cannot ask for
         # another client's data by guessing ids.
         allowed = {request.tree}
+        requests: Counter[str] = Counter()
         while True:
-            message = read_frame(r, frozenset({"tree", "blob", "size", "done", "failed"}))
+            message = read_frame(r, frozenset({"tree", "blob", "blobs", "size", "done", "failed"}))
             op = message["op"]
+            requests[op] += 1
             if op == "done":
-                return message
+                return {**message, "requests": requests}
             if op == "failed":
                 raise remote_error(message, "on the client: ")
+            if op == "blobs":
+                write_frame(w, {"op": "ok", "data": self._blobs(message, allowed)})
+                continue
             bid = get(message, "id", bytes)
             if bid not in allowed:
                 raise ProtocolError("the agent asked for data outside the snapshot")
@@ -372,6 +379,28 @@ class AgentSession(AgentProcess):
                 write_frame(w, {"op": "error", "message": str(e), "exit_code": e.exit_code})
                 continue
             write_frame(w, {"op": "ok", **reply})
+
+    def _blobs(self, message: dict[str, Any], allowed: set[bytes]) -> list[bytes | dict[str, Any]]:
+        """The data of the blobs a ``blobs`` request names, in order, as many as fit in
+        RESTORE_BATCH_BYTES (at least one); for a blob that cannot be read, why."""
+        ids = get(message, "ids", list)
+        if not 1 <= len(ids) <= RESTORE_BATCH:
+            raise ProtocolError(f"blobs takes 1 to {RESTORE_BATCH} ids")
+        if not all(isinstance(bid, bytes) and bid in allowed for bid in ids):
+            raise ProtocolError("the agent asked for data outside the snapshot")
+        out: list[bytes | dict[str, Any]] = []
+        size = 0
+        for bid in ids:
+            try:
+                data = self.repo.load_blob(bid, DATA)
+            except StrongroomError as e:
+                out.append({"message": str(e), "exit_code": e.exit_code})
+                continue
+            out.append(data)
+            size += len(data)
+            if size >= RESTORE_BATCH_BYTES:
+                break
+        return out
 
     def _session(
         self,

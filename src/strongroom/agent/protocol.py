@@ -9,7 +9,7 @@ each announced in ``hello`` (a side that predates them sends no ``minor``: 0) an
 only when the other side announced it: 1 adds ``streams`` to ``backup``; 2 adds the
 requests ``stat`` and ``run`` (a job's fresh-file prerequisites and its commands
 with ``on = "client"``, checked and run on the client); 3 adds ``known_many``,
-``claim_many`` and ``store_many`` (many chunks per round trip).
+``claim_many``, ``store_many`` and ``blobs`` (many chunks per round trip).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ VERSION = 1
 MINOR = 3
 MINOR_STREAMS = 1  # `backup {streams: [{name, command, timeout}]}`: run on the client
 MINOR_CLIENT_CHECKS = 2  # `stat {path}` and `run {command, timeout, env}`
-# `known_many {ids}`, `claim_many {ids}` and `store_many {blobs}`: many per round trip
+# `known_many {ids}`, `claim_many {ids}`, `store_many {blobs}` and (restore)
+# `blobs {ids}`: many per round trip
 MINOR_BATCHES = 3
 # Ids in one known_many or claim_many request (a frame of about 2.2 MiB).
 MAX_IDS = 65536
@@ -34,6 +35,10 @@ MAX_IDS = 65536
 # 4 MiB raw, so a frame stays well under MAX_FRAME).
 STORE_BATCH = 256
 STORE_BATCH_BYTES = 8 << 20
+# Blobs asked for in one `blobs {ids}` (restore through the agent); the director
+# answers with as many as fit in RESTORE_BATCH_BYTES, at least one.
+RESTORE_BATCH = 1024
+RESTORE_BATCH_BYTES = 8 << 20
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()

@@ -124,6 +124,10 @@ class BlobSource(Protocol):
 
     def blob_size(self, bid: bytes) -> int | None: ...
 
+    def want(self, bids: list[bytes]) -> None:
+        """Say which blobs this thread asks for next, in order (a remote source fetches
+        them several at a time)."""
+
 
 class RepositorySource:
     """A repository as a BlobSource, which can also read a pack's blobs in one go."""
@@ -144,6 +148,9 @@ class RepositorySource:
 
     def locate(self, bid: bytes) -> BlobLocation | None:
         return self.repo.lookup(bid)
+
+    def want(self, bids: list[bytes]) -> None:
+        pass  # packs are read whole (pack_blobs)
 
     def pack_blobs(
         self, pack_id: str, entries: list[PackEntry]
@@ -534,6 +541,7 @@ class Restorer:
         elif isinstance(self.source, RepositorySource):
             self._restore_files(files)
         else:
+            self.source.want([c for f in files for c in f.node.content if isinstance(c, bytes)])
             for file in files:
                 self._fetch_file(file)
 
