@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import PASSWORD, cli
@@ -65,3 +66,69 @@ def test_two_directors_share_a_repository_and_a_postgresql_catalog(
     # The shared file is stored once for the whole fleet.
     stored = sum(f.stat().st_size for f in (repo / "data").rglob("*") if f.is_file())
     assert stored < 2 * 800_000
+
+
+def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_url: str) -> None:
+    """The job lock is the catalog's: a second director waits or exits 11 and names the
+    first; a director killed mid-run leaves no lock behind."""
+    repo = tmp_path / "repo"
+    assert cli("--repo", str(repo), "init").code == 0
+    (tmp_path / "pass").write_text(PASSWORD)
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "file").write_text("x" * 1000)
+    started = tmp_path / "started"
+    slow = json.dumps(["sh", "-c", f'touch "{started}"; sleep "$(cat {tmp_path}/sleep)"'])
+    (tmp_path / "sleep").write_text("4")
+    config = tmp_path / "strongroom.toml"
+    config.write_text(
+        f'[catalog]\nurl = "{postgres_url}"\n\n'
+        f'[repositories.main]\nurl = "{repo}"\npassword_file = "{tmp_path}/pass"\n\n'
+        '[defaults]\nrepository = "main"\n\n'
+        f'[clients.web01]\ntransport = "local"\nsources = ["{src}"]\n\n'
+        f'[[clients.web01.hooks]]\nwhen = "before"\non = "director"\ncommand = {slow}\n'
+    )
+    assert cli("--config", str(config), "catalog", "migrate").code == 0
+
+    def director(n: int, *args: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "STRONGROOM_STATE_DIR": str(tmp_path / f"director{n}" / "state"),
+            "STRONGROOM_CACHE_DIR": str(tmp_path / f"director{n}" / "cache"),
+        }
+        env.pop("STRONGROOM_PASSWORD", None)
+        return subprocess.Popen(
+            [sys.executable, "-m", "strongroom", "--config", str(config), "--json", "run",
+             "web01", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+
+    def wait_for_start() -> None:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline, "the first run never started its hook"
+            time.sleep(0.05)
+        started.unlink()
+
+    first = director(1)
+    wait_for_start()
+    second = director(2)  # another director, its own state dir: only the catalog knows
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 11, out.decode() + err.decode()
+    summary = json.loads(out.decode().splitlines()[-1])
+    assert "web01/default is already running (on director" in summary["message"]
+    waiting = director(2, "--wait", "2m")  # waits for the first, then runs
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err.decode()
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err.decode()
+
+    # A director killed while it holds the lock: its session ends, and the lock with it.
+    (tmp_path / "sleep").write_text("60")
+    doomed = director(1)
+    wait_for_start()
+    doomed.kill()
+    doomed.communicate(timeout=30)
+    (tmp_path / "sleep").write_text("0")
+    out, err = director(2, "--wait", "30s").communicate(timeout=120)
+    assert json.loads(out.decode().splitlines()[-1])["exit_code"] == 0, err.decode()

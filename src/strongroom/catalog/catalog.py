@@ -291,6 +291,61 @@ class Catalog:
 
         return self._read(read)
 
+    def lock_job(self, client: str, job: str) -> Callable[[], None] | None:
+        """Take this job's lock for every director that shares the catalog; its release,
+        or None when another director holds it. On PostgreSQL a session advisory lock,
+        on a connection kept until the release: the server drops it when that session
+        ends, so a director that dies never leaves it behind. SQLite lives on one
+        machine, where the director's own flock is the lock: a release that does
+        nothing."""
+        if self._dialect != "postgresql":
+            return lambda: None
+        key = int.from_bytes(
+            hashlib.blake2b(f"strongroom job\0{client}\0{job}".encode(), digest_size=8).digest(),
+            "big",
+            signed=True,
+        )
+
+        def attempt() -> Connection | None:
+            conn = self._engine.connect()
+            try:
+                held = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+                got = bool(held.scalar())
+                conn.commit()  # the lock is the session's, not the transaction's
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            if not got:
+                conn.close()
+                return None
+            return conn
+
+        conn = self._guard(attempt)
+        if conn is None:
+            return None
+
+        def release() -> None:
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            except sa.exc.DBAPIError:
+                conn.invalidate()  # its session ends, and the server drops the lock
+            finally:
+                conn.close()
+
+        return release
+
+    def running_runs(self, client: str, job: str) -> list[Run]:
+        """The runs of this job the catalog records as still running, newest first."""
+        r = t.runs
+        query = (
+            sa.select(*_run_columns(False))
+            .where(r.c.client == client, r.c.job == job, r.c.status == RunStatus.RUNNING.value)
+            .order_by(r.c.started_at.desc())
+        )
+        return self._read(lambda conn: [_run(row) for row in conn.execute(query)])
+
     def job_states(self) -> list[tuple[Run, datetime | None]]:
         """The last finished run of every (client, job), with the time its last
         successful (or warning) run finished; two grouped queries, no scan in Python."""

@@ -35,6 +35,7 @@ from strongroom.errors import (
     EXIT_PREREQUISITE,
     EXIT_SUCCESS,
     EXIT_WARNINGS,
+    LockedError,
     StrongroomError,
     UsageError,
 )
@@ -145,9 +146,12 @@ class Director:
         """
         spec = self.config.job(client, job)
         try:
-            lock = JobLock(self.state_dir, spec.client, spec.name, self.clock).acquire(wait_s)
-        except StrongroomError as e:
-            outcome = RunOutcome(spec.client, spec.name, e.exit_code, "locked", message=str(e))
+            lock = JobLock(
+                self.state_dir, spec.client, spec.name, self.clock, self.catalog
+            ).acquire(wait_s)
+        except StrongroomError as e:  # held elsewhere, or the catalog holding it is down
+            status = "locked" if isinstance(e, LockedError) else "failed"
+            outcome = RunOutcome(spec.client, spec.name, e.exit_code, status, message=str(e))
             self._notify(outcome)
             return outcome
         with lock:
