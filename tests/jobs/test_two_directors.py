@@ -125,6 +125,7 @@ def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_u
 
     # A director killed while it holds the lock: its session ends, and the lock with it.
     (tmp_path / "sleep").write_text("60")
+    started.unlink()  # the waiting run's hook left it
     doomed = director(1)
     wait_for_start()
     doomed.kill()
@@ -132,3 +133,9 @@ def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_u
     (tmp_path / "sleep").write_text("0")
     out, err = director(2, "--wait", "30s").communicate(timeout=120)
     assert json.loads(out.decode().splitlines()[-1])["exit_code"] == 0, err.decode()
+    # The killed run is recorded as ended (130, interrupted), not running forever.
+    report = json.loads(cli("--config", str(config), "report", "--format", "json").stdout)
+    runs = sorted(report["runs"], key=lambda run: run["started_at"])
+    assert [run["exit_code"] for run in runs] == [0, 0, 130, 0], runs
+    assert runs[2]["status"] == "failed"
+    assert "interrupted: director" in runs[2]["message"], runs[2]

@@ -32,6 +32,7 @@ from strongroom.errors import (
     EXIT_CLIENT_UNREACHABLE,
     EXIT_FATAL,
     EXIT_HOOK,
+    EXIT_INTERRUPTED,
     EXIT_PREREQUISITE,
     EXIT_SUCCESS,
     EXIT_WARNINGS,
@@ -167,6 +168,14 @@ class Director:
 
     def _run_locked(self, spec: JobSpec, window: str | None = None) -> RunOutcome:
         self.catalog.upsert_client(spec.client, host=spec.host)
+        # Holding the job's lock, any run of it the catalog calls running is dead (its
+        # director was killed, or lost the machine): record how it ended, once.
+        for orphan in self.catalog.running_runs(spec.client, spec.name):
+            self.catalog.finish_run(
+                orphan.id, RunStatus.FAILED, exit_code=EXIT_INTERRUPTED,
+                message=f"interrupted: director {orphan.director} stopped during this run "
+                "(found still running when the job's next run took its lock)",
+            )  # fmt: skip
         run_id = self.catalog.start_run(
             spec.client, spec.name, director=self.hostname, window=window
         )
