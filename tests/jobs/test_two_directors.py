@@ -84,9 +84,11 @@ def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_u
     config.write_text(
         f'[catalog]\nurl = "{postgres_url}"\n\n'
         f'[repositories.main]\nurl = "{repo}"\npassword_file = "{tmp_path}/pass"\n\n'
-        '[defaults]\nrepository = "main"\n\n'
+        '[defaults]\nrepository = "main"\nnotify = ["log"]\n\n'
         f'[clients.web01]\ntransport = "local"\nsources = ["{src}"]\n\n'
-        f'[[clients.web01.hooks]]\nwhen = "before"\non = "director"\ncommand = {slow}\n'
+        f'[[clients.web01.hooks]]\nwhen = "before"\non = "director"\ncommand = {slow}\n\n'
+        '[notify.log]\nkind = "command"\n'
+        f'command = ["sh", "-c", "cat >> {tmp_path}/events && echo >> {tmp_path}/events"]\n'
     )
     assert cli("--config", str(config), "catalog", "migrate").code == 0
 
@@ -139,3 +141,7 @@ def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_u
     assert [run["exit_code"] for run in runs] == [0, 0, 130, 0], runs
     assert runs[2]["status"] == "failed"
     assert "interrupted: director" in runs[2]["message"], runs[2]
+    # ... and the event that run never sent is sent for it, once.
+    events = [json.loads(line) for line in (tmp_path / "events").read_text().splitlines()]
+    ended = [e for e in events if e["run_id"] == runs[2]["run_id"] and e["event"] != "run.started"]
+    assert [(e["event"], e["exit_code"]) for e in ended] == [("run.failed", 130)], ended

@@ -171,11 +171,15 @@ class Director:
         # Holding the job's lock, any run of it the catalog calls running is dead (its
         # director was killed, or lost the machine): record how it ended, once.
         for orphan in self.catalog.running_runs(spec.client, spec.name):
-            self.catalog.finish_run(
-                orphan.id, RunStatus.FAILED, exit_code=EXIT_INTERRUPTED,
+            ended = RunOutcome(
+                spec.client, spec.name, EXIT_INTERRUPTED, "failed", orphan.id,
                 message=f"interrupted: director {orphan.director} stopped during this run "
                 "(found still running when the job's next run took its lock)",
             )  # fmt: skip
+            self.catalog.finish_run(
+                orphan.id, RunStatus.FAILED, exit_code=ended.exit_code, message=ended.message
+            )
+            self._notify(ended)  # the event that run never sent
         run_id = self.catalog.start_run(
             spec.client, spec.name, director=self.hostname, window=window
         )
