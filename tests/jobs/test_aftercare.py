@@ -105,3 +105,47 @@ def test_the_text_output_names_the_copies_retention_and_why_a_run_failed(
     (line,) = r.stdout.splitlines()
     assert line.startswith("alpha/default: failed, exit 10, snapshot ")
     assert f"{tmp_path}/vault: no strongroom repository there" in line
+
+
+def test_a_copy_that_failed_is_caught_up_by_the_next_run(tmp_path: Path) -> None:
+    data = _fleet(tmp_path)
+    (data / "f").write_text("version 0\n")
+    assert _run("alpha")[0] == 0
+    vault = tmp_path / "vault"
+    vault.rename(tmp_path / "vault-away")  # the off-site repository is unreachable
+    (data / "f").write_text("version 1\n")
+    code, missed = _run("alpha")
+    assert code == 10, missed
+    (tmp_path / "vault-away").rename(vault)
+    (data / "f").write_text("version 2\n")
+    r = cli("run", "alpha", "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    [copy] = summary["copies"]
+    assert len(copy["caught_up"]) == 1
+    # The vault holds all three versions, the missed one under its own copy.
+    copies = {}
+    for sid in _ids(vault, "alpha"):
+        target = tmp_path / f"r-{sid[:8]}"
+        assert cli("--repo", str(vault), "restore", sid, "--target", str(target)).code == 0
+        copies[sid] = (target / str(data).lstrip("/") / "f").read_text()
+    assert sorted(copies.values()) == ["version 0\n", "version 1\n", "version 2\n"]
+    assert copies[copy["caught_up"][0]] == "version 1\n"
+    assert copies[copy["snapshot_id"]] == "version 2\n"
+    # The catalog knows the caught-up copy; a further run has nothing to catch up.
+    listed = {s["id"] for s in json.loads(cli("snapshots", "--client", "alpha", "--json").stdout)}
+    assert set(copies) <= listed
+    assert _run("alpha")[1]["copies"][0]["caught_up"] == []
+
+
+def test_a_new_vault_gets_new_snapshots_only(tmp_path: Path) -> None:
+    """Back-filling history is `strongroom copy`'s job, not every night's run."""
+    data = _fleet(tmp_path, vault_init=False)
+    (data / "f").write_text("old\n")
+    assert _run("alpha")[0] == 10  # no vault yet: the copy fails
+    assert cli("--repo", str(tmp_path / "vault"), "init").code == 0
+    (data / "f").write_text("new\n")
+    code, summary = _run("alpha")
+    assert code == 0, summary
+    assert summary["copies"][0]["caught_up"] == []
+    assert len(_ids(tmp_path / "vault", "alpha")) == 1

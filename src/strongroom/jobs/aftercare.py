@@ -75,22 +75,54 @@ class Aftercare:
         retention: Retention,
     ) -> dict[str, Any]:
         target = self.open_repository(target_name)
+        missed = self._missed(spec, repo, target_name, snapshot)
         lock = self._lock(target, f"copy {spec.client}/{spec.name}")
         try:
-            result = Copier(repo, target, before_commit=lock.ensure_valid).copy([snapshot])
+            copier = Copier(repo, target, before_commit=lock.ensure_valid)
+            result = copier.copy([*missed, snapshot])
         finally:
             lock.release()
         for _, error in result.failed:
             raise IntegrityError(f"copy to {target_name} failed: {error}")
-        target_id = result.copied[0].target_id if result.copied else result.skipped[0][1]
-        self.index_snapshot(target, target_name, target.load_snapshot(target_id))
+        target_ids = {s.id: t for s, t in result.skipped}
+        target_ids.update((c.source.id, c.target_id) for c in result.copied)
+        if snapshot.id not in target_ids:  # another copy committed it meanwhile
+            target_ids.update((s.id, t) for s, t in copier.plan([snapshot])[1])
+        for source in [*missed, snapshot]:
+            if source.id in target_ids:
+                copy = target.load_snapshot(target_ids[source.id])
+                self.index_snapshot(target, target_name, copy)
+        target_id = target_ids[snapshot.id]
         forgotten = self._forget(spec, target, target_name, retention, keep=target_id)
         return {
             "repository": target_name,
             "snapshot_id": target_id,
+            "caught_up": [target_ids[s.id] for s in missed if s.id in target_ids],
             "bytes_uploaded": result.bytes_uploaded,
             "forgotten": forgotten,
         }
+
+    def _missed(
+        self, spec: JobSpec, repo: Repository, target_name: str, snapshot: Snapshot
+    ) -> list[Snapshot]:
+        """This job's snapshots at home that are newer than its newest copy in the
+        target (earlier copies that failed), per the catalog; none when the target
+        holds no copy of the job yet (`strongroom copy` fills in a history)."""
+        copied = self.catalog.snapshots(spec.client, spec.name, repository=target_name)
+        if not copied:
+            return []
+        newest = max(record.time_ns or 0 for record in copied)
+        missed = []
+        for record in self.catalog.snapshots(spec.client, spec.name, repository=spec.repository):
+            if record.id == snapshot.id or (record.time_ns or 0) <= newest:
+                continue
+            try:
+                found = repo.load_snapshot(record.id)
+            except (IntegrityError, UsageError):  # gone or damaged: nothing to copy
+                continue
+            if found.client == spec.client and found.job == spec.name:
+                missed.append(found)
+        return missed
 
     def _forget(
         self, spec: JobSpec, repo: Repository, repo_name: str, retention: Retention, *, keep: str

@@ -180,9 +180,12 @@ def _report(app: App, outcome: RunOutcome) -> None:
             + (f": {outcome.message}" if outcome.message else "")
         )
         for copy in s.get("copies", []):
+            caught_up = copy.get("caught_up", [])
             app.result(
                 f"{outcome.client}/{outcome.job}: copied to {copy['repository']} as "
-                f"{copy['snapshot_id'][:8]}, {copy['bytes_uploaded']} bytes uploaded; "
+                f"{copy['snapshot_id'][:8]}"
+                + (f" (and {len(caught_up)} earlier snapshot(s) it missed)" if caught_up else "")
+                + f", {copy['bytes_uploaded']} bytes uploaded; "
                 f"retention there removed {len(copy['forgotten'])} snapshot(s)"
             )
         if "forgotten" in s:
