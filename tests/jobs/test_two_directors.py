@@ -14,6 +14,22 @@ from tests.conftest import PASSWORD, cli
 CLIENTS = [f"node{i}" for i in range(6)]
 
 
+def _director(config: Path, home: Path, *run_args: str) -> subprocess.Popen[bytes]:
+    """`strongroom run` as a director of its own: its own state (job locks) and cache
+    directories, the shared config and catalog, the password from the config."""
+    env = {
+        **os.environ,
+        "STRONGROOM_STATE_DIR": str(home / "state"),
+        "STRONGROOM_CACHE_DIR": str(home / "cache"),
+    }
+    env.pop("STRONGROOM_PASSWORD", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "strongroom", "--config", str(config), "--json", "run",
+         *run_args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
 def test_two_directors_share_a_repository_and_a_postgresql_catalog(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -36,17 +52,7 @@ def test_two_directors_share_a_repository_and_a_postgresql_catalog(
     assert cli("--config", str(config), "catalog", "migrate").code == 0
 
     def director(n: int, clients: list[str]) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "STRONGROOM_STATE_DIR": str(tmp_path / f"director{n}" / "state"),
-            "STRONGROOM_CACHE_DIR": str(tmp_path / f"director{n}" / "cache"),
-        }
-        env.pop("STRONGROOM_PASSWORD", None)
-        return subprocess.Popen(
-            [sys.executable, "-m", "strongroom", "--config", str(config), "--json", "run",
-             *clients, "--parallel", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )  # fmt: skip
+        return _director(config, tmp_path / f"director{n}", *clients, "--parallel", "2")
 
     a, b = director(1, CLIENTS[:3]), director(2, CLIENTS[3:])
     outputs = [p.communicate(timeout=300) for p in (a, b)]
@@ -93,17 +99,7 @@ def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_u
     assert cli("--config", str(config), "catalog", "migrate").code == 0
 
     def director(n: int, *args: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "STRONGROOM_STATE_DIR": str(tmp_path / f"director{n}" / "state"),
-            "STRONGROOM_CACHE_DIR": str(tmp_path / f"director{n}" / "cache"),
-        }
-        env.pop("STRONGROOM_PASSWORD", None)
-        return subprocess.Popen(
-            [sys.executable, "-m", "strongroom", "--config", str(config), "--json", "run",
-             "web01", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )  # fmt: skip
+        return _director(config, tmp_path / f"director{n}", "web01", *args)
 
     def wait_for_start() -> None:
         deadline = time.monotonic() + 60
