@@ -359,6 +359,14 @@ def apply_policy(snapshots: Iterable[S], policy: Policy, now_ns: int) -> Decisio
     return Decision(keep, remove, reasons)
 
 
+def group_by_job(snapshots: Iterable[G]) -> list[tuple[tuple[str, str], list[G]]]:
+    """Snapshots grouped by (client, job), the groups sorted by client, then job."""
+    groups: dict[tuple[str, str], list[G]] = {}
+    for snap in snapshots:
+        groups.setdefault((snap.client, snap.job), []).append(snap)
+    return sorted(groups.items())
+
+
 def plan_forget(
     snapshots: Iterable[G],
     policy_for: Callable[[str, str], Policy | None],
@@ -369,12 +377,8 @@ def plan_forget(
     Groups come sorted by client, then job. A group whose ``policy_for`` is None keeps
     everything, each snapshot with the reason "no policy".
     """
-    groups: dict[tuple[str, str], list[G]] = {}
-    for snap in snapshots:
-        groups.setdefault((snap.client, snap.job), []).append(snap)
     result = []
-    for client, job in sorted(groups):
-        members = groups[client, job]
+    for (client, job), members in group_by_job(snapshots):
         policy = policy_for(client, job)
         if policy is None:
             ordered = newest_first(members)

@@ -21,6 +21,7 @@ from strongroom.engine.retention import (
     KeepReason,
     Policy,
     Span,
+    group_by_job,
     newest_first,
     plan_forget,
 )
@@ -288,12 +289,9 @@ def _named(
                 f"{list(snap.tags)}) is not what --client/--job/--tag select; "
                 "nothing was removed"
             )
-    groups: dict[tuple[str, str], list[Snapshot]] = {}
-    for snap in chosen:
-        groups.setdefault((snap.client, snap.job), []).append(snap)
     return [
         GroupDecision(group_client, group_job, None, [], newest_first(snaps), [])
-        for (group_client, group_job), snaps in sorted(groups.items())
+        for (group_client, group_job), snaps in group_by_job(chosen)
     ]
 
 
