@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from strongroom.catalog import Catalog
+from strongroom.catalog import Catalog, SnapshotRecord
 from strongroom.clock import Clock
 from strongroom.config import JobSpec, Retention
 from strongroom.engine.copier import Copier
@@ -44,6 +44,22 @@ def policy_from_retention(retention: Retention) -> Policy:
 
 def _span(seconds: int | None) -> Span | None:
     return Span.from_seconds(seconds) if seconds else None
+
+
+def _job_snapshots(
+    spec: JobSpec, repo: Repository, records: list[SnapshotRecord]
+) -> list[Snapshot]:
+    """The snapshots the catalog's ``records`` name, read from ``repo``, that really are
+    this job's; one gone or damaged is left out (neither copied nor judged)."""
+    found = []
+    for record in records:
+        try:
+            snap = repo.load_snapshot(record.id)
+        except (IntegrityError, UsageError):
+            continue
+        if snap.client == spec.client and snap.job == spec.name:
+            found.append(snap)
+    return found
 
 
 @dataclass
@@ -112,17 +128,12 @@ class Aftercare:
         if not copied:
             return []
         newest = max(record.time_ns or 0 for record in copied)
-        missed = []
-        for record in self.catalog.snapshots(spec.client, spec.name, repository=spec.repository):
-            if record.id == snapshot.id or (record.time_ns or 0) <= newest:
-                continue
-            try:
-                found = repo.load_snapshot(record.id)
-            except (IntegrityError, UsageError):  # gone or damaged: nothing to copy
-                continue
-            if found.client == spec.client and found.job == spec.name:
-                missed.append(found)
-        return missed
+        records = self.catalog.snapshots(spec.client, spec.name, repository=spec.repository)
+        return _job_snapshots(
+            spec,
+            repo,
+            [r for r in records if r.id != snapshot.id and (r.time_ns or 0) > newest],
+        )
 
     def _forget(
         self, spec: JobSpec, repo: Repository, repo_name: str, retention: Retention, *, keep: str
@@ -137,14 +148,7 @@ class Aftercare:
         records = self.catalog.snapshots(spec.client, spec.name, repository=repo_name)
         lock = self._lock(repo, f"retention {spec.client}/{spec.name}")
         try:
-            mine = []
-            for record in records:
-                try:
-                    found = repo.load_snapshot(record.id)
-                except (IntegrityError, UsageError):  # gone or damaged: not judged
-                    continue
-                if found.client == spec.client and found.job == spec.name:
-                    mine.append(found)
+            mine = _job_snapshots(spec, repo, records)
             decision = apply_policy(mine, policy, self.clock.now_ns())
             removed = [s.id for s in decision.remove if s.id != keep]
             for snapshot_id in removed:
