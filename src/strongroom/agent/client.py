@@ -32,6 +32,7 @@ from strongroom.agent.protocol import (
     VERSION,
     Channel,
     ProtocolError,
+    announced_minor,
     field,
     read_frame,
     remote_error,
@@ -158,14 +159,14 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> int:
         return 2
     write_frame(writer, {"op": "hello", "version": VERSION, "minor": MINOR, "ok": True})
     request = read_frame(reader, frozenset({"backup", "restore", "stat", "run"}))
+    director_minor = announced_minor(hello)
     if request["op"] == "restore":
-        return _restore(reader, writer, hello, request)
+        return _restore(reader, writer, director_minor, request)
     if request["op"] == "stat":
         return _stat(writer, request)
     if request["op"] == "run":
         return _run(writer, request)
-    minor = hello.get("minor", 0)
-    sink = DirectorSink(reader, writer, request, minor if isinstance(minor, int) else 0)
+    sink = DirectorSink(reader, writer, request, director_minor)
     paths = [str(p) for p in field(request, "paths", list)]
     try:
         streams = _streams(request)
@@ -328,12 +329,9 @@ class DirectorSource:
 
 
 def _restore(
-    reader: BinaryIO, writer: BinaryIO, hello: dict[str, Any], request: dict[str, Any]
+    reader: BinaryIO, writer: BinaryIO, director_minor: int, request: dict[str, Any]
 ) -> int:
-    minor = hello.get("minor", 0)
-    source = DirectorSource(
-        reader, writer, field(request, "id_key", bytes), minor if isinstance(minor, int) else 0
-    )
+    source = DirectorSource(reader, writer, field(request, "id_key", bytes), director_minor)
     try:
         result = Restorer(None, source=source).restore_tree(
             field(request, "tree", bytes),

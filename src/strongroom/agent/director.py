@@ -32,6 +32,7 @@ from strongroom.agent.protocol import (
     VERSION,
     ProtocolError,
     SessionClosed,
+    announced_minor,
     read_frame,
     remote_error,
     write_frame,
@@ -295,8 +296,7 @@ class AgentProcess:
             raise ProtocolError(
                 f"the agent speaks protocol {hello.get('version')!r}, this director {VERSION}"
             )
-        minor = hello.get("minor", 0)
-        return minor if isinstance(minor, int) and not isinstance(minor, bool) else 0
+        return announced_minor(hello)
 
 
 class AgentSession(AgentProcess):

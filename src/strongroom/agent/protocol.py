@@ -87,6 +87,13 @@ class Channel:
         return reply
 
 
+def announced_minor(hello: dict[str, Any]) -> int:
+    """The minor version the other side's ``hello`` announced (0 when it predates
+    them, or sent something that is not a number)."""
+    minor = hello.get("minor", 0)
+    return minor if isinstance(minor, int) and not isinstance(minor, bool) else 0
+
+
 def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
     data = _encoder.encode(message)
     if len(data) > MAX_FRAME:
