@@ -2,8 +2,9 @@
 
 An unchanged re-backup asks one ``known_many`` per directory (not one ``known`` per
 chunk), new chunks and trees are claimed a group at a time and sent several to a
-request, and an agent talking to a director
-that predates 1.3 falls back to one id per request with the same result.
+request, a restore through the agent fetches chunks several to a request, and an agent
+talking to a director that predates 1.3 falls back to one id per request with the same
+result.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ def _tree(root: Path) -> None:
         os.utime(path, ns=(old, old))
 
 
-def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
+def _open(repo_path: Path) -> Repository:
     repo = Repository.open(LocalBackend(repo_path), PASSWORD.encode())
     repo.load_index()
+    return repo
+
+
+def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
+    repo = _open(repo_path)
     result = AgentSession(_command(sshd), repo, SystemClock()).backup(
         AgentBackup(paths=[str(src)], client="web01", job="default")
     )
@@ -56,9 +62,8 @@ def _backup(repo_path: Path, sshd: Sshd, src: Path) -> tuple[str, Counter[str]]:
 def _restore_through_agent(
     repo_path: Path, sshd: Sshd, snapshot_id: str, target: Path
 ) -> dict[str, Any]:
-    repo = Repository.open(LocalBackend(repo_path), PASSWORD.encode())
-    repo.load_index()
-    snap = next(s for s in repo.snapshots() if s.id == snapshot_id)
+    repo = _open(repo_path)
+    snap = repo.load_snapshot(snapshot_id)
     return AgentSession(_command(sshd), repo, SystemClock()).restore(
         AgentRestore(tree=snap.tree, target=str(target))
     )
@@ -95,9 +100,8 @@ def test_chunks_are_asked_about_in_batches(
     assert 2 <= asked["claim_many"] < DIRS * FILES // 4, asked
     assert 1 <= asked["store_many"] <= 4, asked
     # The agent counts what the director stored without being told: exactly.
-    stored = Repository.open(LocalBackend(repo), PASSWORD.encode())
-    stored.load_index()
-    snap = next(s for s in stored.snapshots() if s.id == first)
+    stored = _open(repo)
+    snap = stored.load_snapshot(first)
     in_packs = sum(loc.length for blobs in stored.index.by_pack().values() for _, loc in blobs)
     assert snap.summary.bytes_stored == in_packs
     _restores(repo, first, src, tmp_path / "t1")
@@ -149,9 +153,8 @@ def test_a_restore_through_the_agent_names_only_the_damaged_files(
     repo, src = setup
     snapshot_id, _ = _backup(repo, sshd, src)
     # Flip a byte inside one chunk of big.bin: the batch that carries it says why.
-    stored = Repository.open(LocalBackend(repo), PASSWORD.encode())
-    stored.load_index()
-    snap = next(s for s in stored.snapshots() if s.id == snapshot_id)
+    stored = _open(repo)
+    snap = stored.load_snapshot(snapshot_id)
     files = [(path, node) for path, node in walk(stored, snap.tree) if node.content]
     big = next(node for path, node in files if path.endswith(b"/d00/big.bin"))
     victim = stored.lookup(big.content[1])
