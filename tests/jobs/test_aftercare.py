@@ -118,9 +118,8 @@ def test_a_copy_that_failed_is_caught_up_by_the_next_run(tmp_path: Path) -> None
     assert code == 10, missed
     (tmp_path / "vault-away").rename(vault)
     (data / "f").write_text("version 2\n")
-    r = cli("run", "alpha", "--json")
-    assert r.code == 0, r.stdout + r.stderr
-    summary = json.loads(r.stdout.splitlines()[-1])
+    code, summary = _run("alpha")
+    assert code == 0, summary
     [copy] = summary["copies"]
     assert len(copy["caught_up"]) == 1
     # The vault holds all three versions, the missed one under its own copy.
