@@ -33,6 +33,22 @@ CHECK_BUFFER = 4 * 1024 * 1024
 # memory each time: a quarter of a backup's page faults).
 SMALL_FRAME = 128 * 1024
 
+# Level 3 with smaller match-finder tables for frames above SMALL_FRAME: hash log 16 and
+# chain log 14 instead of 17 and 16. On the benchmark's data (a third of it, chunked as
+# a backup does, three alternations on a 2-core Xeon) zstd took 3.08-3.26 s instead of
+# 3.47-3.67 s (~10% less) for 1.0% more bytes; level 2 was 20% faster for 3.2% more.
+# Small frames keep level 3's own parameters (zstd already shrinks them to the input).
+# The tables only change how hard the compressor searches: any zstd reads the frames.
+TUNED_LEVEL = 3
+TUNED_TABLES = {"hash_log": 16, "chain_log": 14}
+
+
+def _compressor(level: int, small: bool) -> zstandard.ZstdCompressor:
+    if level == TUNED_LEVEL and not small:
+        params = zstandard.ZstdCompressionParameters.from_level(level, **TUNED_TABLES)
+        return zstandard.ZstdCompressor(compression_params=params)
+    return zstandard.ZstdCompressor(level=level)
+
 
 def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | None:
     """zstd frame of ``data``, or None when compression would not pay."""
@@ -44,7 +60,7 @@ def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes | No
     which = (level, len(data) <= SMALL_FRAME)
     compressor = compressors.get(which)
     if compressor is None:
-        compressor = compressors[which] = zstandard.ZstdCompressor(level=level)
+        compressor = compressors[which] = _compressor(*which)
     out = compressor.compress(data)
     if len(out) > len(data) * (1 - MIN_SAVING):
         return None
