@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 
-echo "== ruff" && ruff check src tests bench
-echo "== ruff format" && ruff format --check src tests bench
+echo "== ruff" && ruff check src tests bench hatch_build.py
+echo "== ruff format" && ruff format --check src tests bench hatch_build.py
 echo "== mypy" && mypy
 echo "== import-linter" && lint-imports
 echo "== pytest"

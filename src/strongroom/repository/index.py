@@ -13,8 +13,9 @@ On storage, index files are sealed msgpack documents listing packs and their ent
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
@@ -45,25 +46,27 @@ class BlobLocation:
         return PackEntry(self.type, bid, self.offset, self.length, self.raw_length, self.flags)
 
 
-class ChunkIndex:
-    """Blob id -> location, compact and O(1); safe for one writer and many readers."""
+class PyTable:
+    """The hash table in Python: the fallback where the C version (``_chunktable``,
+    the same table in the same bytes) was not built, and the reference the tests
+    compare it with. Slots as described above; one writer, many readers."""
 
-    def __init__(self, expected: int = 1024) -> None:
-        self._nslots = max(16, int(expected / MAX_LOAD) + 1)
-        self._buf = bytearray(self._nslots * SLOT.size)
+    def __init__(self, nslots: int) -> None:
+        if nslots < 1:
+            raise ValueError("slot count out of range")
+        self.nslots = nslots
+        self._buf = bytearray(nslots * SLOT.size)
         self._count = 0
-        self.packs: list[str] = []
-        self._pack_numbers: dict[str, int] = {}
 
     def __len__(self) -> int:
         return self._count
 
     @property
-    def memory_bytes(self) -> int:
-        return len(self._buf) + sum(49 + 8 for _ in self.packs)
+    def nbytes(self) -> int:
+        return len(self._buf)
 
     def _probe(self, key: bytes) -> tuple[int, bool]:
-        buf, n, size = self._buf, self._nslots, SLOT.size
+        buf, n, size = self._buf, self.nslots, SLOT.size
         slot = int.from_bytes(key[:8], "little") % n
         while True:
             pos = slot * size
@@ -76,47 +79,65 @@ class ChunkIndex:
             if slot == n:
                 slot = 0
 
-    def pack_number(self, pack_id: str) -> int:
-        number = self._pack_numbers.get(pack_id)
-        if number is None:
-            number = len(self.packs)
-            self.packs.append(pack_id)
-            self._pack_numbers[pack_id] = number
-        return number
+    def __contains__(self, bid: bytes) -> bool:
+        return self._probe(_key(bid))[1]
 
-    def add(self, pack_id: str, entry: PackEntry, *, replace: bool = False) -> None:
-        """Record where a blob is; an existing entry is kept unless ``replace``."""
-        key = entry.id[:16]
+    def find(self, bid: bytes) -> int:
+        slot, found = self._probe(_key(bid))
+        if not found:
+            return -1
+        pack_no: int = _PACK_NO.unpack_from(self._buf, slot * SLOT.size + 16)[0]
+        return pack_no
+
+    def get(self, bid: bytes) -> tuple[int, int, int, int] | None:
+        slot, found = self._probe(_key(bid))
+        if not found:
+            return None
+        _, pack_no, offset, length, meta = SLOT.unpack_from(self._buf, slot * SLOT.size)
+        return pack_no, offset, length, meta
+
+    def _reserve(self, more: int) -> None:
+        n = self.nslots
+        while (self._count + more) > n * MAX_LOAD:
+            n = int(n * GROWTH) + 1
+        if n != self.nslots:
+            self._resize(n)
+
+    def put(
+        self, bid: bytes, pack_no: int, offset: int, length: int, meta: int, replace: bool, /
+    ) -> bool:
+        key = _key(bid)
+        for value in (pack_no, offset, length, meta):
+            if not 0 <= value < 1 << 32:
+                raise OverflowError("index field out of range")
         if key == EMPTY:
-            return  # 2^-128: never; an all-zero key would read as an empty slot
-        if (self._count + 1) > self._nslots * MAX_LOAD:
-            self._grow()
+            return False  # 2^-128: never; an all-zero key would read as an empty slot
+        self._reserve(1)
         slot, found = self._probe(key)
         if found and not replace:
-            return  # first copy wins; duplicates (after a crash) are harmless
-        if entry.raw_length > RAW_MASK or entry.type > 15 or entry.flags > 15:
-            raise IntegrityError("index entry out of range")
-        packed_meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
-        SLOT.pack_into(
-            self._buf,
-            slot * SLOT.size,
-            key,
-            self.pack_number(pack_id),
-            entry.offset,
-            entry.length,
-            packed_meta,
-        )
-        if not found:
-            self._count += 1
+            return False  # first copy wins; duplicates (after a crash) are harmless
+        SLOT.pack_into(self._buf, slot * SLOT.size, key, pack_no, offset, length, meta)
+        if found:
+            return False
+        self._count += 1
+        return True
 
-    def add_blobs(self, pack_id: str, blobs: list[RawBlob]) -> None:
-        """``add`` for a pack's validated index tuples at once (loading an index):
-        an existing entry is kept."""
-        if (self._count + len(blobs)) > self._nslots * MAX_LOAD:
-            while (self._count + len(blobs)) > self._nslots * MAX_LOAD:
-                self._grow()
-        pack_no = self.pack_number(pack_id)
-        buf, n, size, pack_into = self._buf, self._nslots, SLOT.size, SLOT.pack_into
+    def put_many(self, pack_no: int, blobs: list[RawBlob], /) -> int:
+        for blob in blobs:
+            if type(blob) is not tuple or len(blob) != 6:
+                raise TypeError("a blob is a 6-tuple")
+            btype, bid, offset, length, raw_length, flags = blob
+            _key(bid)
+            if not (
+                0 <= btype < 16
+                and 0 <= offset < 1 << 32
+                and 0 <= length < 1 << 32
+                and 0 <= raw_length <= RAW_MASK
+                and 0 <= flags < 16
+            ):
+                raise OverflowError("index field out of range")
+        self._reserve(len(blobs))
+        buf, n, size, pack_into = self._buf, self.nslots, SLOT.size, SLOT.pack_into
         added = 0
         for btype, bid, offset, length, raw_length, flags in blobs:
             key = bid[:16]
@@ -139,30 +160,11 @@ class ChunkIndex:
                 if slot == n:
                     slot = 0
         self._count += added
+        return added
 
-    def get(self, bid: bytes) -> BlobLocation | None:
-        slot, found = self._probe(bid[:16])
-        if not found:
-            return None
-        _, pack_no, offset, length, meta = SLOT.unpack_from(self._buf, slot * SLOT.size)
-        return BlobLocation(
-            self.packs[pack_no], (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28
-        )
-
-    def pack_of(self, bid: bytes) -> str | None:
-        """The id of the pack holding the blob (``get`` without building a location)."""
-        slot, found = self._probe(bid[:16])
-        if not found:
-            return None
-        pack_no: int = _PACK_NO.unpack_from(self._buf, slot * SLOT.size + 16)[0]
-        return self.packs[pack_no]
-
-    def __contains__(self, bid: bytes) -> bool:
-        return self._probe(bid[:16])[1]
-
-    def _grow(self) -> None:
+    def _resize(self, n: int) -> None:
         old = self._buf
-        self._nslots = n = int(self._nslots * GROWTH) + 1
+        self.nslots = n
         self._buf = buf = bytearray(n * SLOT.size)
         size = SLOT.size
         # Keys come out of iter_unpack at C speed; only the filled slots are re-probed.
@@ -176,22 +178,132 @@ class ChunkIndex:
                     slot = 0
             buf[slot * size : (slot + 1) * size] = old[i * size : (i + 1) * size]
 
+    def items(self) -> list[tuple[bytes, int, int, int, int]]:
+        return [entry for entry in SLOT.iter_unpack(self._buf) if entry[0] != EMPTY]
+
+    def raw(self) -> bytes:
+        return bytes(self._buf)
+
+
+def _key(bid: bytes) -> bytes:
+    key = bytes(bid[:16])
+    if len(key) < 16:
+        raise ValueError("blob id shorter than 16 bytes")
+    return key
+
+
+class HashTable(Protocol):
+    """What ChunkIndex needs of a table: PyTable, or the C one."""
+
+    @property
+    def nslots(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+    def __len__(self) -> int: ...
+    def __contains__(self, bid: bytes) -> bool: ...
+    def find(self, bid: bytes) -> int: ...
+    def get(self, bid: bytes) -> tuple[int, int, int, int] | None: ...
+    def put(
+        self, bid: bytes, pack_no: int, offset: int, length: int, meta: int, replace: bool, /
+    ) -> bool: ...
+    def put_many(self, pack_no: int, blobs: list[RawBlob], /) -> int: ...
+    def items(self) -> list[tuple[bytes, int, int, int, int]]: ...
+    def raw(self) -> bytes: ...
+
+
+Table: Callable[[int], HashTable]
+try:
+    from strongroom.repository._chunktable import Table
+except ImportError:  # not built (a source checkout run without installing)
+    NATIVE = False
+    Table = PyTable
+else:
+    NATIVE = True
+
+
+def _location(pack_id: str, pack_no_entry: tuple[int, int, int, int]) -> BlobLocation:
+    _, offset, length, meta = pack_no_entry
+    return BlobLocation(pack_id, (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28)
+
+
+class ChunkIndex:
+    """Blob id -> location, compact and O(1); safe for one writer and many readers.
+
+    The table is ``_chunktable.Table`` (C) when it was built, else ``PyTable``; the two
+    agree byte for byte (tests/repository/test_index.py). The C one makes loading an
+    index, adding a new blob and looking one up cost a method call instead of a loop
+    of interpreted probes (docs/performance.md)."""
+
+    def __init__(
+        self, expected: int = 1024, *, table: Callable[[int], HashTable] | None = None
+    ) -> None:
+        self._table = (table or Table)(max(16, int(expected / MAX_LOAD) + 1))
+        self.packs: list[str] = []
+        self._pack_numbers: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._table.nbytes + sum(49 + 8 for _ in self.packs)
+
+    def pack_number(self, pack_id: str) -> int:
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = len(self.packs)
+            self.packs.append(pack_id)
+            self._pack_numbers[pack_id] = number
+        return number
+
+    def add(self, pack_id: str, entry: PackEntry, *, replace: bool = False) -> None:
+        """Record where a blob is; an existing entry is kept unless ``replace``."""
+        if entry.raw_length > RAW_MASK or entry.type > 15 or entry.flags > 15:
+            raise IntegrityError("index entry out of range")
+        if not replace and entry.id in self._table:
+            return  # first copy wins; duplicates (after a crash) are harmless
+        packed_meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
+        try:
+            self._table.put(
+                entry.id, self.pack_number(pack_id), entry.offset, entry.length, packed_meta,
+                replace,
+            )  # fmt: skip
+        except (OverflowError, ValueError, TypeError) as e:
+            raise IntegrityError(f"index entry out of range ({e})") from None
+
+    def add_blobs(self, pack_id: str, blobs: list[RawBlob]) -> None:
+        """``add`` for a pack's validated index tuples at once (loading an index):
+        an existing entry is kept."""
+        try:
+            self._table.put_many(self.pack_number(pack_id), blobs)
+        except (OverflowError, ValueError, TypeError) as e:
+            raise IntegrityError(f"index entry out of range ({e})") from None
+
+    def get(self, bid: bytes) -> BlobLocation | None:
+        found = self._table.get(bid)
+        if found is None:
+            return None
+        return _location(self.packs[found[0]], found)
+
+    def pack_of(self, bid: bytes) -> str | None:
+        """The id of the pack holding the blob (``get`` without building a location)."""
+        pack_no = self._table.find(bid)
+        return None if pack_no < 0 else self.packs[pack_no]
+
+    def __contains__(self, bid: bytes) -> bool:
+        return bid in self._table
+
+    def raw(self) -> bytes:
+        """The table's slots (for tests)."""
+        return self._table.raw()
+
     def by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
         """Every entry grouped by pack, keyed by the stored 16-byte id prefix."""
         groups: dict[str, list[tuple[bytes, BlobLocation]]] = {p: [] for p in self.packs}
-        for slot in range(self._nslots):
-            pos = slot * SLOT.size
-            key, pack_no, offset, length, meta = SLOT.unpack_from(self._buf, pos)
-            if key != EMPTY:
-                pack_id = self.packs[pack_no]
-                groups[pack_id].append(
-                    (
-                        key,
-                        BlobLocation(
-                            pack_id, (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28
-                        ),
-                    )
-                )
+        for key, pack_no, offset, length, meta in self._table.items():
+            pack_id = self.packs[pack_no]
+            groups[pack_id].append((key, _location(pack_id, (pack_no, offset, length, meta))))
         return groups
 
 
