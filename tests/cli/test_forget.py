@@ -220,6 +220,9 @@ def test_a_repository_no_job_has_a_policy_for_is_a_usage_error(fleet: Path, src:
         (("--keep-last", "many"), "not a count"),
         (("--keep-within", "3w"), "invalid duration"),
         (("--unsafe-allow-remove-all",), "needs --client"),
+        (("--keep-last", "1", "--group-by", "client,host2"), "cannot group by host2"),
+        (("--group-by", "paths"), "must include client and job"),
+        (("latest", "--group-by", "paths"), "not to snapshots named by id"),
     ],
 )
 def test_usage_errors_exit_2_and_remove_nothing(
@@ -428,3 +431,46 @@ def test_keep_within_a_period_keeps_the_newest_of_each_period_in_the_span(
     ]
     assert times(web["remove"]) == ["2024-01-02T10:00:00", "2024-01-01T10:00:00"]
     assert [r["matches"] for r in web["reasons"]] == [["daily within 4d"]] * 3
+
+
+def test_group_by_paths_tags_or_nothing_judges_each_group_on_its_own(
+    repo_path: Path, tmp_path: Path
+) -> None:
+    """One client and job backing up two sets of paths, with and without a tag:
+    --group-by decides what "the last snapshot" means; the JSON says what was grouped
+    by (restic's shape: a field not grouped by is null)."""
+    etc, srv = tmp_path / "etc", tmp_path / "srv"
+    for path in (etc, srv):
+        path.mkdir()
+        (path / "f").write_text(path.name)
+    ids = {
+        "etc1": backup_at(repo_path, etc, "2024-01-01T00:00:00Z"),
+        "srv1": backup_at(repo_path, srv, "2024-01-02T00:00:00Z"),
+        "etc2": backup_at(repo_path, etc, "2024-01-03T00:00:00Z", "web", "default", "x"),
+        "srv2": backup_at(repo_path, srv, "2024-01-04T00:00:00Z", "web", "default", "x"),
+    }
+    name = {v: k for k, v in ids.items()}
+    base = ("--repo", str(repo_path), "--dry-run", "--keep-last", "1")
+
+    def kept(groups: list[dict[str, Any]]) -> list[list[str]]:
+        return [sorted(name[s["id"]] for s in g["keep"]) for g in groups]
+
+    (web,) = forget_json(*base)  # client and job: one group
+    assert kept([web]) == [["srv2"]]
+    by_paths = forget_json(*base, "--group-by", "paths")
+    assert [g["paths"] for g in by_paths] == [[str(etc)], [str(srv)]]
+    assert all(g["host"] is None and g["job"] is None and g["tags"] is None for g in by_paths)
+    assert kept(by_paths) == [["etc2"], ["srv2"]]
+    by_tags = forget_json(*base, "--group-by", "host,tags")
+    assert [(g["host"], g["tags"]) for g in by_tags] == [("web", []), ("web", ["x"])]
+    assert kept(by_tags) == [["srv1"], ["srv2"]]
+    everything = forget_json(*base, "--group-by", "paths,tags,client,job")
+    assert kept(everything) == [["etc1"], ["etc2"], ["srv1"], ["srv2"]]
+    (one,) = forget_json(*base, "--group-by", "")
+    assert kept([one]) == [["srv2"]] and one["client"] is None
+
+    r = cli(*base[:2], "forget", *base[2:], "--group-by", "paths")
+    assert r.code == 0 and f"paths {etc}: keep 1 latest snapshots" in r.stdout, r.stdout
+    r = cli("--repo", str(repo_path), "forget", "--keep-last", "1", "--group-by", "paths")
+    assert r.code == 0, r.stderr
+    assert snapshot_ids(repo_path) == {ids["etc2"], ids["srv2"]}

@@ -26,9 +26,11 @@ from strongroom.engine.retention import (
     NS,
     UNLIMITED,
     Decision,
+    GroupKey,
     Policy,
     Span,
     apply_policy,
+    group_snapshots,
     plan_forget,
 )
 
@@ -43,6 +45,7 @@ class Snap:
     tags: tuple[str, ...] = ()
     client: str = "web"
     job: str = "default"
+    paths: tuple[str, ...] = ("/srv",)
 
 
 def ns(text: str) -> int:
@@ -273,8 +276,8 @@ def test_groups_are_client_and_job_each_with_its_own_policy() -> None:
         Snap("d1", ns("2021-01-01 00:00:00"), client="db"),
     ]
     policies = {("web", "default"): Policy(last=1), ("web", "sql"): Policy(last=2)}
-    plan = plan_forget(snaps, lambda c, j: policies.get((c, j)), FAR_FUTURE)
-    assert [(g.client, g.job) for g in plan] == [
+    plan = plan_forget(snaps, lambda k: policies.get((k.client, k.job)), FAR_FUTURE)
+    assert [(g.key.client, g.key.job) for g in plan] == [
         ("db", "default"),
         ("web", "default"),
         ("web", "sql"),
@@ -680,25 +683,77 @@ def _as_restic_would(
 def test_retention_matches_restic(restic_repo: ResticRepo, args: list[str], policy: Policy) -> None:
     out = restic_repo.run("forget", "--no-lock", "--dry-run", "--json", "--group-by", "host", *args)
     groups = {g["host"]: g for g in json.loads(out)}
-    plan = plan_forget(restic_repo.snapshots, lambda c, j: policy, FAR_FUTURE)
-    assert sorted(groups) == [g.client for g in plan] == ["burst", "nightly", "sparse"]
+    plan = plan_forget(restic_repo.snapshots, lambda k: policy, FAR_FUTURE)
+    assert sorted(groups) == [g.key.client for g in plan] == ["burst", "nightly", "sparse"]
     by_id = {s.id: s for s in restic_repo.snapshots}
     for group in plan:
-        theirs = groups[group.client]
+        theirs = groups[group.key.client]
         decision = Decision(group.keep, group.remove, group.reasons)
         keep, reasons = _as_restic_would(decision, restic_repo.version)
         assert [_restic_stamp(by_id[i]) for i in keep] == [
             _restic_stamp(by_id[s["id"]]) for s in theirs["keep"] or []
-        ], f"{group.client}: kept times differ"
+        ], f"{group.key.client}: kept times differ"
         everything = {s.id for s in group.keep + group.remove}
         assert sorted(everything - set(keep)) == sorted(s["id"] for s in theirs["remove"] or []), (
-            f"{group.client}: removed snapshots differ"
+            f"{group.key.client}: removed snapshots differ"
         )
         their_reasons = [
             ([m.removeprefix("oldest ") for m in r["matches"]], r["counters"])
             for r in theirs["reasons"] or []
         ]
-        assert reasons == their_reasons, f"{group.client}: reasons differ"
+        assert reasons == their_reasons, f"{group.key.client}: reasons differ"
+
+
+GROUPING_CASES: list[tuple[list[str], Policy]] = [
+    (["--keep-last", "2"], Policy(last=2)),
+    (["--keep-daily", "5", "--keep-monthly", "3"], Policy(daily=5, monthly=3)),
+]
+
+
+@pytest.mark.parametrize(("args", "policy"), GROUPING_CASES, ids=lambda c: str(c))
+def test_grouping_by_client_and_tags_matches_restics_host_and_tags(
+    restic_repo: ResticRepo, args: list[str], policy: Policy
+) -> None:
+    """``forget --group-by client,tags`` makes restic's ``--group-by host,tags`` groups
+    (a snapshot's tags, in any order, are its key) and judges each the same way."""
+    out = restic_repo.run(
+        "forget", "--no-lock", "--dry-run", "--json", "--group-by", "host,tags", *args
+    )
+    theirs = {(g["host"], tuple(sorted(g["tags"] or ()))): g for g in json.loads(out)}
+    plan = plan_forget(restic_repo.snapshots, lambda k: policy, FAR_FUTURE, ("client", "tags"))
+    ours = [(g.key.client, g.key.tags) for g in plan]
+    assert sorted(theirs) == sorted(ours) and len(ours) > 3
+    assert all(g.key.job is None and g.key.paths is None for g in plan)
+    for group in plan:
+        them = theirs[group.key.client, group.key.tags]
+        keep, _ = _as_restic_would(
+            Decision(group.keep, group.remove, group.reasons), restic_repo.version
+        )
+        everything = {s.id for s in group.keep + group.remove}
+        assert sorted(everything - set(keep)) == sorted(s["id"] for s in them["remove"] or [])
+        assert sorted(keep) == sorted(s["id"] for s in them["keep"] or [])
+
+
+def test_group_keys_sort_paths_and_tags_and_none_means_one_group() -> None:
+    snaps = [
+        Snap("a", ns("2021-01-01 00:00:00"), ("x", "y"), paths=("/srv", "/etc")),
+        Snap("b", ns("2021-01-02 00:00:00"), ("y", "x"), paths=("/etc", "/srv")),
+        Snap("c", ns("2021-01-03 00:00:00"), ("x",), client="db", paths=("/etc", "/srv")),
+    ]
+    by_paths = group_snapshots(snaps, ("paths",))
+    assert [(k.paths, [s.id for s in m]) for k, m in by_paths] == [
+        (("/etc", "/srv"), ["a", "b", "c"])
+    ]
+    by_tags = group_snapshots(snaps, ("tags",))
+    assert [(k.tags, sorted(s.id for s in m)) for k, m in by_tags] == [
+        (("x",), ["c"]),
+        (("x", "y"), ["a", "b"]),
+    ]
+    ((key, members),) = group_snapshots(snaps, ())
+    assert key == GroupKey() and key.describe() == "all snapshots" and len(members) == 3
+    assert GroupKey.of(snaps[2], ("client", "tags")).describe() == "client db, tags x"
+    with pytest.raises(ValueError, match="cannot group by host"):
+        group_snapshots(snaps, ("host",))
 
 
 def test_the_restic_cases_exercise_every_rule(restic_repo: ResticRepo) -> None:
@@ -707,7 +762,7 @@ def test_the_restic_cases_exercise_every_rule(restic_repo: ResticRepo) -> None:
     seen: set[str] = set()
     removing = 0
     for _, policy in CASES:
-        for group in plan_forget(restic_repo.snapshots, lambda c, j, p=policy: p, FAR_FUTURE):
+        for group in plan_forget(restic_repo.snapshots, lambda k, p=policy: p, FAR_FUTURE):
             seen.update(m.split(" [")[0] for r in group.reasons for m in r.matches)
             removing += bool(group.remove)
     assert {

@@ -6,7 +6,8 @@ list matches it, when it is within ``within`` of the newest snapshot, or when it
 newest of a new period (hour, day, ISO week, month, year; or simply the next one for
 ``last``) while that period's counter is above zero (or unlimited, -1); the oldest
 snapshot is also kept by every counter not yet used up when it is reached. Periods
-are computed in UTC; plan_forget groups snapshots by client and job.
+are computed in UTC; plan_forget groups snapshots by client and job (or by the fields
+``--group-by`` names: client, job, paths, tags).
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ class Dated(Protocol):
 
 
 class Grouped(Dated, Protocol):
-    """A snapshot that also names its group: the client and job it belongs to."""
+    """A snapshot that also names its group: its client, job and backed-up paths."""
 
     @property
     def client(self) -> str: ...
 
     @property
     def job(self) -> str: ...
+
+    @property
+    def paths(self) -> Sequence[str]: ...
 
 
 S = TypeVar("S", bound=Dated)
@@ -223,13 +227,54 @@ class Decision(Generic[S]):
     reasons: list[KeepReason[S]]
 
 
+# What snapshots can be grouped by (``forget --group-by``); "host" is restic's name for
+# the client.
+GROUP_FIELDS = ("client", "job", "paths", "tags")
+BY_JOB = ("client", "job")
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """What the snapshots of a group share: a field is None when not grouped by it.
+    Paths and tags are sorted (restic's group keys are too), so the order a backup
+    named them in does not split a group."""
+
+    client: str | None = None
+    job: str | None = None
+    paths: tuple[str, ...] | None = None
+    tags: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, snap: Grouped, by: Sequence[str] = BY_JOB) -> GroupKey:
+        return cls(
+            snap.client if "client" in by else None,
+            snap.job if "job" in by else None,
+            tuple(sorted(snap.paths)) if "paths" in by else None,
+            tuple(sorted(set(snap.tags))) if "tags" in by else None,
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.client is not None:
+            parts.append(f"client {self.client}")
+        if self.job is not None:
+            parts.append(f"job {self.job}")
+        if self.paths is not None:
+            parts.append(f"paths {', '.join(self.paths) or '(none)'}")
+        if self.tags is not None:
+            parts.append(f"tags {','.join(self.tags) or '(none)'}")
+        return ", ".join(parts) or "all snapshots"
+
+    def _sort_key(self) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+        return (self.client or "", self.job or "", self.paths or (), self.tags or ())
+
+
 @dataclass(frozen=True)
 class GroupDecision(Generic[G]):
-    """The decision for one client's job. ``policy`` is None when none applies to it
-    (then everything is kept, with the reason "no policy")."""
+    """The decision for one group (by default one client's job). ``policy`` is None
+    when none applies to it (then everything is kept, with the reason "no policy")."""
 
-    client: str
-    job: str
+    key: GroupKey
     policy: Policy | None
     keep: list[G]
     remove: list[G]
@@ -359,33 +404,39 @@ def apply_policy(snapshots: Iterable[S], policy: Policy, now_ns: int) -> Decisio
     return Decision(keep, remove, reasons)
 
 
-def group_by_job(snapshots: Iterable[G]) -> list[tuple[tuple[str, str], list[G]]]:
-    """Snapshots grouped by (client, job), the groups sorted by client, then job."""
-    groups: dict[tuple[str, str], list[G]] = {}
+def group_snapshots(
+    snapshots: Iterable[G], by: Sequence[str] = BY_JOB
+) -> list[tuple[GroupKey, list[G]]]:
+    """Snapshots grouped by the fields ``by`` names (GROUP_FIELDS; none: one group),
+    the groups sorted by client, job, paths, then tags."""
+    unknown = set(by) - set(GROUP_FIELDS)
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(sorted(unknown))}")
+    groups: dict[GroupKey, list[G]] = {}
     for snap in snapshots:
-        groups.setdefault((snap.client, snap.job), []).append(snap)
-    return sorted(groups.items())
+        groups.setdefault(GroupKey.of(snap, by), []).append(snap)
+    return sorted(groups.items(), key=lambda item: item[0]._sort_key())
 
 
 def plan_forget(
     snapshots: Iterable[G],
-    policy_for: Callable[[str, str], Policy | None],
+    policy_for: Callable[[GroupKey], Policy | None],
     now_ns: int,
+    by: Sequence[str] = BY_JOB,
 ) -> list[GroupDecision[G]]:
-    """Group snapshots by client and job and judge each group by its policy.
+    """Group snapshots (by client and job unless ``by`` says otherwise) and judge each
+    group by its policy.
 
-    Groups come sorted by client, then job. A group whose ``policy_for`` is None keeps
+    Groups come sorted by their keys. A group whose ``policy_for`` is None keeps
     everything, each snapshot with the reason "no policy".
     """
     result = []
-    for (client, job), members in group_by_job(snapshots):
-        policy = policy_for(client, job)
+    for key, members in group_snapshots(snapshots, by):
+        policy = policy_for(key)
         if policy is None:
             ordered = newest_first(members)
             decision = Decision(ordered, [], [KeepReason(s, (NO_POLICY,)) for s in ordered])
         else:
             decision = apply_policy(members, policy, now_ns)
-        result.append(
-            GroupDecision(client, job, policy, decision.keep, decision.remove, decision.reasons)
-        )
+        result.append(GroupDecision(key, policy, decision.keep, decision.remove, decision.reasons))
     return result

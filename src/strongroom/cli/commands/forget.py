@@ -15,13 +15,16 @@ import click
 from strongroom.backend import ObjectNotFound
 from strongroom.cli.context import App, pass_app, snapshot_json, snapshot_matches
 from strongroom.engine.retention import (
+    BY_JOB,
+    GROUP_FIELDS,
     UNLIMITED,
     WITHIN_PERIODS,
     GroupDecision,
+    GroupKey,
     KeepReason,
     Policy,
     Span,
-    group_by_job,
+    group_snapshots,
     newest_first,
     plan_forget,
 )
@@ -35,6 +38,23 @@ if TYPE_CHECKING:
 
 PRUNE_MODULE = "strongroom.cli.commands.prune"
 REASON_WIDTH = 24  # "oldest monthly snapshot"
+
+
+def _group_by(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
+    """``client,job`` (the default), any of client, job, paths and tags, or "" (one
+    group); ``host`` is restic's name for the client."""
+    if value is None:
+        return None
+    fields = [f.strip() for f in value.split(",") if f.strip()]
+    fields = ["client" if f == "host" else f for f in fields]
+    unknown = [f for f in fields if f not in GROUP_FIELDS]
+    if unknown:
+        raise click.BadParameter(
+            f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUP_FIELDS)}"
+        )
+    return tuple(dict.fromkeys(fields))
 
 
 def _count(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -113,6 +133,13 @@ def _within_period_options(command: Callable[..., Any]) -> Callable[..., Any]:
     metavar="TAG[,TAG...]",
     help="Keep snapshots carrying all these tags (repeatable: any of the lists).",
 )
+@click.option(
+    "--group-by",
+    metavar="FIELDS",
+    callback=_group_by,
+    help="Group snapshots by these of client, job, paths, tags (default client,job; "
+    "'' for one group); each group is judged on its own.",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Only show what would be removed.")
 @click.option("--prune", is_flag=True, help="Reclaim the space afterwards (runs `prune`).")
 @click.option(
@@ -140,13 +167,15 @@ def forget_command(
     keep_within_monthly: Span | None,
     keep_within_yearly: Span | None,
     keep_tags: tuple[str, ...],
+    group_by: tuple[str, ...] | None,
     dry_run: bool,
     prune: bool,
     unsafe_allow_remove_all: bool,
 ) -> int:
     """Apply retention: the --keep-* options, or else each job's retention from the
-    config. Snapshots are grouped by client and job, periods are in UTC, and the rules
-    are restic's (docs/retention.md). Snapshots of jobs without a policy are kept.
+    config. Snapshots are grouped by client and job (or --group-by), periods are in UTC,
+    and the rules are restic's (docs/retention.md). Snapshots of jobs without a policy
+    are kept.
 
     With SNAPSHOT-IDs (8+ hex digits, or `latest` within --client/--job/--tag), remove
     exactly those snapshots instead; all are found before any is removed.
@@ -198,8 +227,19 @@ def forget_command(
             "the --keep-* options given keep nothing, so no snapshots will be removed",
             hint="give a count above zero, a duration, or a tag",
         )
+    if snapshot_ids and group_by is not None:
+        raise UsageError(
+            "--group-by applies to retention, not to snapshots named by id",
+            hint="forget ID... removes exactly those snapshots",
+        )
     config = app.load_config_if_any()
     use_flags = given or remove_all or bool(snapshot_ids)
+    if not use_flags and group_by is not None and not {"client", "job"} <= set(group_by):
+        raise UsageError(
+            "the config's retention policies are per job: --group-by must include client "
+            "and job unless --keep-* options are given",
+            hint="add client,job to --group-by, or give --keep-* options",
+        )
     policy_for = _everywhere(flag_policy) if use_flags else _config_policies(app, config)
 
     with app.open_repository(load_index=False, lock=None) as repo:
@@ -209,7 +249,12 @@ def forget_command(
                 plan = _named(app, repo, snapshot_ids, client, job, tags)
             else:
                 snapshots = app.select_snapshots(repo, client, job, tags)
-                plan = plan_forget(snapshots, policy_for, app.clock.now_ns())
+                plan = plan_forget(
+                    snapshots,
+                    policy_for,
+                    app.clock.now_ns(),
+                    BY_JOB if group_by is None else group_by,
+                )
             if remove_all:
                 plan = [_everything(group) for group in plan]
             removed = [] if dry_run else _remove(repo, lock, plan)
@@ -229,11 +274,11 @@ def forget_command(
 # --- policies ---------------------------------------------------------------------------
 
 
-def _everywhere(policy: Policy) -> Callable[[str, str], Policy | None]:
-    return lambda client, job: policy
+def _everywhere(policy: Policy) -> Callable[[GroupKey], Policy | None]:
+    return lambda key: policy
 
 
-def _config_policies(app: App, config: Config | None) -> Callable[[str, str], Policy | None]:
+def _config_policies(app: App, config: Config | None) -> Callable[[GroupKey], Policy | None]:
     """Each job's retention for this repository: the job's own when it backs up here,
     its off-site copy's when it copies here."""
     if config is None:
@@ -254,7 +299,7 @@ def _config_policies(app: App, config: Config | None) -> Callable[[str, str], Po
             f"no job in {config.file} sets a retention policy for this repository",
             hint="set retention in the config, or give --keep-* options",
         )
-    return lambda client, job: policies.get((client, job))
+    return lambda key: policies.get((key.client or "", key.job or ""))
 
 
 def _repository_names(config: Config, given: str) -> set[str]:
@@ -290,14 +335,14 @@ def _named(
                 "nothing was removed"
             )
     return [
-        GroupDecision(group_client, group_job, None, [], newest_first(snaps), [])
-        for (group_client, group_job), snaps in group_by_job(chosen)
+        GroupDecision(key, None, [], newest_first(snaps), [])
+        for key, snaps in group_snapshots(chosen)
     ]
 
 
 def _everything(group: GroupDecision[Snapshot]) -> GroupDecision[Snapshot]:
     """--unsafe-allow-remove-all with an empty policy: the whole group goes."""
-    return GroupDecision(group.client, group.job, group.policy, [], newest_first(group.keep), [])
+    return GroupDecision(group.key, group.policy, [], newest_first(group.keep), [])
 
 
 # --- removing ---------------------------------------------------------------------------
@@ -394,7 +439,7 @@ def _show(
             policy = "the snapshots named"
         else:
             policy = group.policy.describe() if group.policy is not None else "no policy"
-        app.result(f"client {group.client}, job {group.job}: {policy}")
+        app.result(f"{group.key.describe()}: {policy}")
         if group.keep:
             app.result(f"keep {len(group.keep)} snapshot(s):")
             _table(app, group.reasons)
@@ -425,14 +470,16 @@ def _table(app: App, rows: list[KeepReason[Snapshot]], *, with_reasons: bool = T
 
 
 def _group_json(group: GroupDecision[Snapshot]) -> dict[str, Any]:
-    """restic's forget group (tags, host, paths, keep, remove, reasons); strongroom
-    groups by client and job, so ``host`` is the client and both are given too."""
+    """restic's forget group (tags, host, paths, keep, remove, reasons): ``host`` is the
+    client, and ``client`` and ``job`` are given too; a field the snapshots were not
+    grouped by is null."""
+    key = group.key
     return {
-        "tags": None,
-        "host": group.client,
-        "paths": None,
-        "client": group.client,
-        "job": group.job,
+        "tags": None if key.tags is None else list(key.tags),
+        "host": key.client,
+        "paths": None if key.paths is None else list(key.paths),
+        "client": key.client,
+        "job": key.job,
         "policy": group.policy.describe() if group.policy is not None else None,
         "keep": [snapshot_json(s) for s in group.keep],
         "remove": [snapshot_json(s) for s in group.remove],
