@@ -1,7 +1,7 @@
 """Protocol 1.3: the agent asks about many chunks per round trip, over a real sshd.
 
-An unchanged re-backup asks one ``known_many`` per directory (not one ``known`` per
-chunk), new chunks and trees are claimed a group at a time and sent several to a
+An unchanged re-backup asks one ``known_many`` per LOOKUP_BATCH unchanged files, from
+as many directories as it takes (not one ``known`` per chunk, nor one per directory), new chunks and trees are claimed a group at a time and sent several to a
 request, a restore through the agent fetches chunks several to a request, and an agent
 talking to a director that predates 1.3 falls back to one id per request with the same
 result.
@@ -107,11 +107,11 @@ def test_chunks_are_asked_about_in_batches(
     _restores(repo, first, src, tmp_path / "t1")
 
     second, asked = _backup(repo, sshd, src)
-    # Unchanged: one known_many per directory with files, nothing read, one claim_many
-    # for all the trees; only those of the source's parents (whose times the restore
-    # above changed) are new.
+    # Unchanged: one known_many for the 181 files of all 12 directories, nothing read,
+    # one claim_many for all the trees; only those of the source's parents (whose times
+    # the restore above changed) are new.
     assert asked["known"] == asked["claim"] == 0, asked
-    assert asked["known_many"] == DIRS, asked
+    assert asked["known_many"] == 1, asked
     assert asked["claim_many"] == asked["store_many"] == 1, asked
     _restores(repo, second, src, tmp_path / "t2")
 

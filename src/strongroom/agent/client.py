@@ -58,6 +58,8 @@ class DirectorSink:
     chunks of a directory's unchanged files and of a group of new chunks are asked
     about in one request each, not one by one, and new blobs go several to a request."""
 
+    remote = True
+
     def __init__(
         self, reader: BinaryIO, writer: BinaryIO, setup: dict[str, Any], director_minor: int = 0
     ) -> None:

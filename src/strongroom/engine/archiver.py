@@ -129,6 +129,19 @@ class _PendingFile:
         self.ok = True
 
 
+class _Unresolved:
+    """A file the files cache calls unchanged, waiting for a remote sink to confirm that
+    its chunks are still stored: the question waits for LOOKUP_BATCH such files, from
+    as many directories as it takes (one round trip for them all). ``result`` is then
+    the file's node, or the _PendingFile that reads it again."""
+
+    __slots__ = ("entry", "node", "path", "result")
+
+    def __init__(self, path: bytes, node: Node, entry: CachedFile) -> None:
+        self.path, self.node, self.entry = path, node, entry
+        self.result: Node | _PendingFile | None = None
+
+
 class _Held(NamedTuple):
     """A small file read into memory, waiting for its batch's blobs to be claimed."""
 
@@ -143,7 +156,7 @@ class _Held(NamedTuple):
 @dataclass
 class _PendingDir:
     node: Node
-    children: list[Node | _PendingFile | Future[Node | None] | _PendingDir] = field(
+    children: list[Node | _PendingFile | _Unresolved | Future[Node | None] | _PendingDir] = field(
         default_factory=list
     )
     tree_id: bytes | None = None
@@ -264,6 +277,7 @@ class Archiver:
         self._trees_size = 0
         self._warnings: list[FileWarning] = []
         self._batch = _Batch()
+        self._unresolved: list[_Unresolved] = []  # waiting for one known_contents
         self._in_flight: set[Future[_Counts]] = set()
         # Lists directories ahead of the walk; the caller's (started early) or our own.
         self._scanner = scanner
@@ -368,6 +382,29 @@ class Archiver:
             return {}
         known = self.sink.known_contents([entry.content for _, entry in cached])
         return {name: entry for (name, entry), ok in zip(cached, known, strict=True) if ok}
+
+    def _add_later(self, path: bytes, node: Node) -> Node | _PendingFile | _Unresolved:
+        """``_add_file`` for a remote sink: a file the files cache calls unchanged waits
+        (``_Unresolved``) until LOOKUP_BATCH of them, from any directories, can be asked
+        about at once; any other file joins a batch now."""
+        entry = self.files_cache.lookup(path, node)
+        if entry is None:
+            return self._add_file(path, node, {})
+        waiting = _Unresolved(path, node, entry)
+        self._unresolved.append(waiting)
+        if len(self._unresolved) >= LOOKUP_BATCH:
+            self._resolve()
+        return waiting
+
+    def _resolve(self) -> None:
+        """Ask the sink about every waiting file's chunks in one question: each becomes
+        its unchanged node, or joins a batch to be read again."""
+        waiting, self._unresolved = self._unresolved, []
+        if not waiting:
+            return
+        known = self.sink.known_contents([w.entry.content for w in waiting])
+        for w, ok in zip(waiting, known, strict=True):
+            w.result = self._add_file(w.path, w.node, {w.node.name: w.entry} if ok else {})
 
     def _add_file(
         self, path: bytes, node: Node, unchanged: dict[bytes, CachedFile] | None = None
@@ -702,12 +739,17 @@ class Archiver:
         base = path.rstrip(b"/") + b"/"
         children = pending.children
         entries = listing.entries
+        remote = self.sink.remote
         for at in range(0, len(entries), LOOKUP_BATCH):
             part = entries[at : at + LOOKUP_BATCH]
-            unchanged = self._unchanged_files(base, part)
+            unchanged = {} if remote else self._unchanged_files(base, part)
             for child in part:
                 if child.type == FILE:
-                    children.append(self._add_file(base + child.name, child, unchanged))
+                    children.append(
+                        self._add_later(base + child.name, child)
+                        if remote
+                        else self._add_file(base + child.name, child, unchanged)
+                    )
                 elif child.type == DIR:
                     self._walked.dirs += 1
                     children.append(self._walk(base + child.name, child, ready))
@@ -727,7 +769,15 @@ class Archiver:
 
     def _finish_dir(self, pending: _PendingDir) -> None:
         nodes: list[Node] = []
-        for child in pending.children:
+        for item in pending.children:
+            child: Node | _PendingFile | Future[Node | None] | _PendingDir
+            if isinstance(item, _Unresolved):
+                if item.result is None:
+                    self._resolve()
+                assert item.result is not None
+                child = item.result
+            else:
+                child = item
             if isinstance(child, _PendingFile):
                 if child.batch.future is None:  # still filling: hand it over now
                     self._submit_batch()
@@ -902,7 +952,7 @@ class Archiver:
         (``queue``) to be finished after them like a walked directory: the walk goes on
         to the next path at once, and the workers are never left waiting for one
         path's last files before the next path's first."""
-        children: list[Node | _PendingFile | Future[Node | None] | _PendingDir] = []
+        children: list[Node | _PendingFile | _Unresolved | Future[Node | None] | _PendingDir] = []
         for name, sub in sorted(layout.items()):
             if isinstance(sub, _PendingDir):  # streams: finished by the caller, last
                 children.append(sub)
@@ -931,7 +981,14 @@ class Archiver:
 
 def _files_read(pending: _PendingDir) -> bool:
     """Whether every file (and stream) of a walked directory is done with."""
-    for child in pending.children:
+    for item in pending.children:
+        child: Node | _PendingFile | Future[Node | None] | _PendingDir
+        if isinstance(item, _Unresolved):
+            if item.result is None:
+                return False
+            child = item.result
+        else:
+            child = item
         if isinstance(child, _PendingFile):
             if child.batch.future is None or not child.batch.future.done():
                 return False

@@ -30,6 +30,9 @@ class Stored:
 
 class BlobSink(Protocol):
     id_key: bytes
+    # Whether each question is a round trip to another machine: the archiver then asks
+    # ``known_contents`` about the unchanged files of many directories at once.
+    remote: bool
 
     def new_chunker(self) -> Chunker:
         """A chunker with the repository's secret cut points (one per thread)."""
@@ -68,6 +71,8 @@ class BlobSink(Protocol):
 
 class RepositorySink:
     """Packs and encrypts blobs into a repository, one pack per worker thread."""
+
+    remote = False
 
     def __init__(
         self,

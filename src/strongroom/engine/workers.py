@@ -366,6 +366,8 @@ class ChildSink:
     """A BlobSink in a worker process: claims are the parent's to decide, packs are
     written here and reported to the parent once published."""
 
+    remote = False
+
     def __init__(self, channel: Channel, repo: Repository) -> None:
         self._channel = channel
         self._repo = repo
