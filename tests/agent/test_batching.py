@@ -1,10 +1,10 @@
 """Protocol 1.3: the agent asks about many chunks per round trip, over a real sshd.
 
 An unchanged re-backup asks one ``known_many`` per LOOKUP_BATCH unchanged files, from
-as many directories as it takes (not one ``known`` per chunk, nor one per directory), new chunks and trees are claimed a group at a time and sent several to a
-request, a restore through the agent fetches chunks several to a request, and an agent
-talking to a director that predates 1.3 falls back to one id per request with the same
-result.
+as many directories as it takes (not one ``known`` per chunk, nor one per directory);
+new chunks and trees are claimed a group at a time and sent several to a request; a
+restore through the agent fetches chunks several to a request; and an agent talking
+to a director that predates 1.3 falls back to one id per request with the same result.
 """
 
 from __future__ import annotations

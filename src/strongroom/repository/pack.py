@@ -156,11 +156,22 @@ class PackWriter:
         sealed = self._cipher.encrypt(HEADER_AAD, header)
         self._append(sealed, TRAILER.pack(len(sealed)))
         self._write_out()
-        return self._hash.hexdigest(), self._mem
+        mem, self._mem = self._mem, None
+        self._release()
+        return self._hash.hexdigest(), mem
 
     def discard(self) -> None:
+        self._mem = None
+        self._release()
         if self.sink is not None:
             self.sink.discard()
+
+    def _release(self) -> None:
+        """Let go of the buffers once the pack is done: a writer can outlive its pack
+        (a thread's reference, a sink not yet collected), and a director running many
+        sessions at once kept hundreds of finished writers' 1 MiB buffers alive."""
+        self._unwritten = None
+        self._sealed = bytearray()
 
 
 def compress_blob(level: int, data: bytes | memoryview) -> bytes | None:

@@ -11,6 +11,7 @@ import click
 
 from strongroom.catalog import Catalog
 from strongroom.cli.context import App, format_size, pass_app
+from strongroom.cli.memory import limit_arenas
 from strongroom.config import Config, parse_duration
 from strongroom.errors import UsageError
 from strongroom.jobs.notifier import DeliveryReport, Notifier
@@ -55,6 +56,7 @@ def run_command(
     dry_run: bool,
 ) -> int:
     """Run configured jobs: backup, catalog records. Exits with the worst code of all runs."""
+    limit_arenas()  # a thread per session: see cli.memory
     if sum(bool(x) for x in (clients, group, all_clients)) != 1:
         raise UsageError("name clients, or give --group G, or --all (exactly one of these)")
     config = app.load_config()
