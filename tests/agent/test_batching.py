@@ -26,7 +26,13 @@ from strongroom.engine.walk import walk
 from strongroom.repository import Repository
 from tests.agent.conftest import Sshd
 from tests.conftest import PASSWORD, cli
-from tests.reliability.helpers import assert_restored_exactly, manifest, restored_root
+from tests.reliability.helpers import (
+    age_tree,
+    assert_restored_exactly,
+    dirs_of_files,
+    manifest,
+    restored_root,
+)
 
 DIRS = 12
 FILES = 15
@@ -34,15 +40,9 @@ FILES = 15
 
 def _tree(root: Path) -> None:
     rng = random.Random(13)
-    for d in range(DIRS):
-        sub = root / f"d{d:02}"
-        sub.mkdir(parents=True)
-        for f in range(FILES):
-            (sub / f"f{f:02}").write_bytes(rng.randbytes(rng.randrange(100, 20_000)))
+    dirs_of_files(root, DIRS, FILES, rng, 20_000)
     (root / "d00" / "big.bin").write_bytes(rng.randbytes(6_000_000))  # several chunks
-    old = 1_600_000_000 * 10**9  # files the cache can trust (not written just now)
-    for path in root.rglob("*"):
-        os.utime(path, ns=(old, old))
+    age_tree(root)
 
 
 def _open(repo_path: Path) -> Repository:

@@ -16,6 +16,7 @@ from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.sink import RepositorySink
 from strongroom.engine.walk import walk
 from strongroom.repository import TEST_KDF, Repository
+from tests.reliability.helpers import age_tree, dirs_of_files
 
 DIRS = 40
 FILES = 10  # 400 files: more than one question's worth, far fewer questions than dirs
@@ -39,15 +40,8 @@ class _RemoteSink(RepositorySink):
 
 
 def _tree(root: Path) -> None:
-    rng = random.Random(3)
-    for d in range(DIRS):
-        sub = root / f"d{d:02}"
-        sub.mkdir(parents=True)
-        for f in range(FILES):
-            (sub / f"f{f}").write_bytes(rng.randbytes(rng.randrange(10, 3000)))
-    old = 1_600_000_000 * 10**9  # older than the files cache's trust window
-    for path in [root, *root.rglob("*")]:
-        os.utime(path, ns=(old, old))
+    dirs_of_files(root, DIRS, FILES, random.Random(3), 3000)
+    age_tree(root)
 
 
 def _backup(repo: Repository, sink: _RemoteSink, cache: Path, src: Path) -> BackupResult:
@@ -86,7 +80,7 @@ def test_unchanged_files_of_many_directories_share_one_question(tmp_path: Path) 
 
     # Files whose chunks are gone are read again, wherever they wait in a question.
     contents = _contents(repo, first.snapshot.tree)
-    lost = [os.fsencode(src / name) for name in ("d00/f0", "d17/f3", "d39/f9")]
+    lost = [os.fsencode(src / name) for name in ("d00/f00", "d17/f03", "d39/f09")]
     sink = _RemoteSink(repo)
     for path in lost:
         sink.lost.update(c for c in contents[path] if isinstance(c, bytes))

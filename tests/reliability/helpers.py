@@ -84,6 +84,26 @@ def write_tree(
     return total
 
 
+# Files older than this (2020) are ones the files cache trusts (not written just now).
+OLD_NS = 1_600_000_000 * 10**9
+
+
+def dirs_of_files(root: Path, dirs: int, files: int, rng: random.Random, max_size: int) -> None:
+    """``dirs`` directories ``d00``... of ``files`` random files ``f0``... each (10 to
+    ``max_size`` bytes); ``age_tree`` it once everything is written."""
+    for d in range(dirs):
+        sub = root / f"d{d:02}"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            (sub / f"f{f:02}").write_bytes(rng.randbytes(rng.randrange(10, max_size)))
+
+
+def age_tree(root: Path) -> None:
+    """Give ``root`` and everything below it times the files cache trusts."""
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, ns=(OLD_NS, OLD_NS), follow_symlinks=False)
+
+
 Manifest = dict[str, tuple[str, str]]
 
 

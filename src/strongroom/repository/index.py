@@ -15,13 +15,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Union
 
 import msgspec
 
 from strongroom.errors import IntegrityError
 from strongroom.repository.codec import decode
 from strongroom.repository.pack import PackEntry
+
+if TYPE_CHECKING:
+    from strongroom.repository._chunktable import Table as CTable
 
 SLOT = struct.Struct("<16sIIII")
 _PACK_NO = struct.Struct("<I")
@@ -192,26 +195,8 @@ def _key(bid: bytes) -> bytes:
     return key
 
 
-class HashTable(Protocol):
-    """What ChunkIndex needs of a table: PyTable, or the C one."""
-
-    @property
-    def nslots(self) -> int: ...
-    @property
-    def nbytes(self) -> int: ...
-
-    def __len__(self) -> int: ...
-    def __contains__(self, bid: bytes) -> bool: ...
-    def find(self, bid: bytes) -> int: ...
-    def get(self, bid: bytes) -> tuple[int, int, int, int] | None: ...
-    def put(
-        self, bid: bytes, pack_no: int, offset: int, length: int, meta: int, replace: bool, /
-    ) -> bool: ...
-    def put_many(self, pack_no: int, blobs: list[RawBlob], /) -> int: ...
-    def items(self) -> list[tuple[bytes, int, int, int, int]]: ...
-    def raw(self) -> bytes: ...
-
-
+# A table: PyTable, or the C one (typed by _chunktable.pyi, which mirrors PyTable).
+HashTable = Union[PyTable, "CTable"]
 Table: Callable[[int], HashTable]
 try:
     from strongroom.repository._chunktable import Table
