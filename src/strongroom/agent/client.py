@@ -55,8 +55,9 @@ from strongroom.repository.tree import decode_tree
 class DirectorSink:
     """A BlobSink whose repository is on the director, reached by request and reply.
     Each request is a round trip: from a director that takes them (protocol 1.3), the
-    chunks of a directory's unchanged files and of a group of new chunks are asked
-    about in one request each, not one by one, and new blobs go several to a request."""
+    chunks of up to 256 unchanged files (from any directories) and of a group of new
+    chunks are asked about in one request each, not one by one, and new blobs go
+    several to a request."""
 
     remote = True
 

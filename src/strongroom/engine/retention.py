@@ -233,7 +233,7 @@ GROUP_FIELDS = ("client", "job", "paths", "tags")
 BY_JOB = ("client", "job")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class GroupKey:
     """What the snapshots of a group share: a field is None when not grouped by it.
     Paths and tags are sorted (restic's group keys are too), so the order a backup

@@ -1,11 +1,12 @@
 """The chunk index: which pack holds each blob, in about 40 bytes per chunk.
 
 In memory, ``ChunkIndex`` is an open-addressing hash table (linear probing) in one
-``bytearray``: 32-byte slots holding the first 16 bytes of the blob id, the pack's
-number, offset, length, and raw length with type and flags in its top byte. Ids are
-keyed hashes, so their bytes are uniform and serve as the hash directly. A 128-bit
-prefix makes a false match between two different chunks about as likely as 1 in 10^20
-at 10^9 chunks; ``load_blob`` still verifies the full id of everything it reads.
+array (C, ``_chunktable``; or a ``bytearray`` in ``PyTable``): 32-byte slots holding
+the first 16 bytes of the blob id, the pack's number, offset, length, and raw length
+with type and flags in its top byte. Ids are keyed hashes, so their bytes are uniform
+and serve as the hash directly. A 128-bit prefix makes a false match between two
+different chunks about as likely as 1 in 10^20 at 10^9 chunks; ``load_blob`` still
+verifies the full id of everything it reads.
 
 On storage, index files are sealed msgpack documents listing packs and their entries.
 """
@@ -207,8 +208,7 @@ else:
     NATIVE = True
 
 
-def _location(pack_id: str, pack_no_entry: tuple[int, int, int, int]) -> BlobLocation:
-    _, offset, length, meta = pack_no_entry
+def _location(pack_id: str, offset: int, length: int, meta: int) -> BlobLocation:
     return BlobLocation(pack_id, (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28)
 
 
@@ -269,7 +269,8 @@ class ChunkIndex:
         found = self._table.get(bid)
         if found is None:
             return None
-        return _location(self.packs[found[0]], found)
+        pack_no, offset, length, meta = found
+        return _location(self.packs[pack_no], offset, length, meta)
 
     def pack_of(self, bid: bytes) -> str | None:
         """The id of the pack holding the blob (``get`` without building a location)."""
@@ -279,16 +280,12 @@ class ChunkIndex:
     def __contains__(self, bid: bytes) -> bool:
         return bid in self._table
 
-    def raw(self) -> bytes:
-        """The table's slots (for tests)."""
-        return self._table.raw()
-
     def by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
         """Every entry grouped by pack, keyed by the stored 16-byte id prefix."""
         groups: dict[str, list[tuple[bytes, BlobLocation]]] = {p: [] for p in self.packs}
         for key, pack_no, offset, length, meta in self._table.items():
             pack_id = self.packs[pack_no]
-            groups[pack_id].append((key, _location(pack_id, (pack_no, offset, length, meta))))
+            groups[pack_id].append((key, _location(pack_id, offset, length, meta)))
         return groups
 
 
