@@ -211,6 +211,21 @@ def test_a_repository_no_job_has_a_policy_for_is_a_usage_error(fleet: Path, src:
     assert "no job" in r.stderr and "retention" in r.stderr
 
 
+def test_config_policies_need_client_and_job_in_group_by(fleet: Path, src: Path) -> None:
+    """The config's policies are per job: grouping by anything coarser is refused (and
+    with no config at all, the error says there is no policy: the case above)."""
+    main = fleet / "main"
+    ids = {backup_at(main, src, f"2024-04-0{day}T01:00:00Z", "alpha") for day in (1, 2)}
+    for group_by in ("paths", "client", "job,tags", ""):
+        r = cli("--repo", "main", "forget", "--group-by", group_by)
+        assert r.code == 2, r.stdout + r.stderr
+        assert "must include client and job" in r.stderr
+    assert snapshot_ids(main) == ids
+    r = cli("--repo", "main", "forget", "--group-by", "client,job,paths")
+    assert r.code == 0, r.stderr
+    assert len(snapshot_ids(main)) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -221,7 +236,7 @@ def test_a_repository_no_job_has_a_policy_for_is_a_usage_error(fleet: Path, src:
         (("--keep-within", "3w"), "invalid duration"),
         (("--unsafe-allow-remove-all",), "needs --client"),
         (("--keep-last", "1", "--group-by", "client,host2"), "cannot group by host2"),
-        (("--group-by", "paths"), "must include client and job"),
+        (("--group-by", "paths"), "no retention policy"),
         (("latest", "--group-by", "paths"), "not to snapshots named by id"),
     ],
 )

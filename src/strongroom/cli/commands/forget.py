@@ -234,13 +234,15 @@ def forget_command(
         )
     config = app.load_config_if_any()
     use_flags = given or remove_all or bool(snapshot_ids)
+    # Without --keep-* options the policies come from the config: say first when there
+    # is none at all (the --group-by rule below only matters once there is).
+    policy_for = _everywhere(flag_policy) if use_flags else _config_policies(app, config)
     if not use_flags and group_by is not None and not {"client", "job"} <= set(group_by):
         raise UsageError(
             "the config's retention policies are per job: --group-by must include client "
             "and job unless --keep-* options are given",
             hint="add client,job to --group-by, or give --keep-* options",
         )
-    policy_for = _everywhere(flag_policy) if use_flags else _config_policies(app, config)
 
     with app.open_repository(load_index=False, lock=None) as repo:
         lock = None if dry_run else _take_lock(app, repo)
