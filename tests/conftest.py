@@ -68,10 +68,21 @@ def cli_subprocess(
     )
 
 
-@pytest.fixture
-def repo_path(tmp_path: Path) -> Path:
-    """An initialised, empty repository."""
-    path = tmp_path / "repo"
+def init_repo(path: Path) -> Path:
+    """An initialised, empty repository at ``path``."""
     result = cli("--repo", str(path), "init")
     assert result.code == 0, result.stderr
     return path
+
+
+def repo_with_password_file(tmp_path: Path) -> Path:
+    """An initialised repository at ``tmp_path/repo`` and its password in
+    ``tmp_path/pass``, for a config's ``password_file``."""
+    (tmp_path / "pass").write_text(PASSWORD)
+    return init_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path) -> Path:
+    """An initialised, empty repository."""
+    return init_repo(tmp_path / "repo")

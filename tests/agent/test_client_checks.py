@@ -17,7 +17,7 @@ import pytest
 from strongroom.agent.client import serve
 from strongroom.agent.protocol import MINOR, VERSION, ProtocolError, read_frame, write_frame
 from tests.agent.conftest import Sshd
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 OLD_AGENT = ["sh", "-c", f"exec {sys.executable} {FAKE_AGENT}", "fake-ssh"]  # protocol 1.0
@@ -34,9 +34,7 @@ def _client(name: str, sshd: Sshd, agent: Path, source: Path, extra: str) -> str
 @pytest.fixture
 def site(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SSH_CONNECTION", raising=False)  # set only by the test sshd
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     src = tmp_path / "client-data"
     src.mkdir()
     (src / "app.dump").write_text("-- dump\n" * 200)

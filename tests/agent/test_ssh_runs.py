@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.agent.conftest import Sshd, free_port
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     rng = random.Random(5)
     src = tmp_path / "remote-data"
     (src / "etc").mkdir(parents=True)

@@ -16,7 +16,7 @@ import pytest
 from strongroom.agent.client import serve
 from strongroom.agent.protocol import MINOR, VERSION, read_frame, write_frame
 from tests.agent.conftest import Sshd
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 SIZE = 12_000_000
@@ -35,9 +35,7 @@ def fleet(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SSH_CONNECTION", raising=False)  # the director's own environment
     monkeypatch.setenv("FAKE_AGENT_LOG", str(tmp_path / "agent-saw.json"))
     monkeypatch.setenv("FAKE_AGENT_MODE", "remove")
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     src = tmp_path / "remote-data"
     src.mkdir()
     (src / "pg_hba.conf").write_text("local all all peer\n")

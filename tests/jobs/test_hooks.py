@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 MP = pytest.MonkeyPatch
 
 
 def _fleet(tmp_path: Path, monkeypatch: MP, before: str, after: str) -> Path:
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
+    repo = repo_with_password_file(tmp_path)
     monkeypatch.delenv("STRONGROOM_PASSWORD")  # the config's password_file must suffice
-    (tmp_path / "pass").write_text(PASSWORD)
     src = tmp_path / "srv"
     src.mkdir(exist_ok=True)
     (src / "data").write_text("x" * 1000)

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "dump.sql").write_text("-- a dump\n" * 200)

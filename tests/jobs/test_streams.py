@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 MP = pytest.MonkeyPatch
 DUMP = "import sys; sys.stdout.buffer.write(b'COPY t FROM stdin;\\n' * 200000)"
 
 
 def _fleet(tmp_path: Path, monkeypatch: MP, streams: str, sources: bool = True) -> Path:
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
+    repo = repo_with_password_file(tmp_path)
     monkeypatch.delenv("STRONGROOM_PASSWORD")
-    (tmp_path / "pass").write_text(PASSWORD)
     src = tmp_path / "srv"
     src.mkdir()
     (src / "app.conf").write_text("db = app\n")

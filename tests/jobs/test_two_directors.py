@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import PASSWORD, cli
+from tests.conftest import cli, repo_with_password_file
 
 CLIENTS = [f"node{i}" for i in range(6)]
 
@@ -33,9 +33,7 @@ def _director(config: Path, home: Path, *run_args: str) -> subprocess.Popen[byte
 def test_two_directors_share_a_repository_and_a_postgresql_catalog(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     blocks = []
     for name in CLIENTS:
         src = tmp_path / "data" / name
@@ -77,9 +75,7 @@ def test_two_directors_share_a_repository_and_a_postgresql_catalog(
 def test_two_directors_never_run_the_same_job_at_once(tmp_path: Path, postgres_url: str) -> None:
     """The job lock is the catalog's: a second director waits or exits 11 and names the
     first; a director killed mid-run leaves no lock behind."""
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
-    (tmp_path / "pass").write_text(PASSWORD)
+    repo = repo_with_password_file(tmp_path)
     src = tmp_path / "data"
     src.mkdir()
     (src / "file").write_text("x" * 1000)

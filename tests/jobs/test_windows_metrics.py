@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PASSWORD, Result, cli
+from tests.conftest import Result, cli, repo_with_password_file
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """alpha backs up; locked needs the sql-dump marker; never backs up a missing path."""
-    repo = tmp_path / "repo"
-    assert cli("--repo", str(repo), "init").code == 0
+    repo = repo_with_password_file(tmp_path)
     monkeypatch.delenv("STRONGROOM_PASSWORD")
-    (tmp_path / "pass").write_text(PASSWORD)
     for name in ("alpha", "locked"):
         (tmp_path / "data" / name).mkdir(parents=True)
         (tmp_path / "data" / name / "f.txt").write_text(f"{name}\n" * 100)
