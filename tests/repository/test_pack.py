@@ -97,11 +97,25 @@ def test_a_new_frame_is_checked_against_its_content(
     assert frame is not None and len(frame) < size
     # A compressor that returns a frame of something else (one byte off, anywhere:
     # first piece, last, or the length) is caught, and nothing is stored.
-    for other in (b"X" + data[1:], data[:-1] + b"X", data[:-1], data + b"0"):
-        wrong = zstandard.ZstdCompressor(level=3).compress(other)
+    # Small bytes are checked in one call, anything else piece by piece: both ways.
+    # A frame without its size in the header, and bytes that are no frame at all.
+    unsized = zstandard.ZstdCompressor(level=3, write_content_size=False)
+    frames = [
+        *(
+            zstandard.ZstdCompressor(level=3).compress(other)
+            for other in (b"X" + data[1:], data[:-1] + b"X", data[:-1], data + b"0")
+        ),
+        unsized.compress(data + b"0"),
+        unsized.compress(data[:-1]),
+        b"not a zstd frame at all",
+    ]
+    for wrong in frames:
         monkeypatch.setattr("strongroom.repository.compression.compress", lambda d, lv, w=wrong: w)
-        with pytest.raises(IntegrityError, match="round trip"):
-            compress_blob(3, data)
+        for content in (data, memoryview(data)):
+            with pytest.raises(IntegrityError, match="round trip"):
+                compress_blob(3, content)
+    monkeypatch.undo()
+    assert compress_blob(3, data) == frame
 
 
 def test_compression_only_when_it_pays(key: MasterKey) -> None:
