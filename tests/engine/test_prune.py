@@ -21,13 +21,16 @@ import pytest
 from strongroom.backend import BackendError, LocalBackend, ObjectInfo, StagedObject
 from strongroom.backend.base import Backend, TransientError
 from strongroom.clock import FakeClock
+from strongroom.engine import prune as prune_module
 from strongroom.engine.archiver import Archiver, BackupRequest
-from strongroom.engine.prune import Collector, PruneOptions, PruneResult
+from strongroom.engine.prune import REFERENCED, Collector, PruneOptions, PruneResult, _Pack, _View
+from strongroom.engine.walk import walk
 from strongroom.errors import IntegrityError, LockedError, UsageError
 from strongroom.repository import TEST_KDF, Repository
 from strongroom.repository.gc import DEFAULT_GRACE_S, GC_PURPOSE, MIN_GRACE_S
+from strongroom.repository.index import NATIVE, PyTable
 from strongroom.repository.locks import RepositoryLock
-from strongroom.repository.pack import pack_name
+from strongroom.repository.pack import DATA, TREE, pack_name
 from tests.conftest import PASSWORD, cli
 from tests.reliability.helpers import Manifest, assert_restored_exactly, manifest
 
@@ -643,3 +646,160 @@ def test_a_lock_keeps_its_name_and_an_expired_lease_is_never_renewed(lab: Lab) -
     with pytest.raises(LockedError, match="expired"):
         lock.ensure_valid()
     lock.release()
+
+
+# --- blobs held by several packs, and the ledger's memory -----------------------------
+
+
+def copy_blobs(lab: Lab, snapshot_id: str, types: tuple[int, ...] = (DATA, TREE)) -> str:
+    """Store every blob of a snapshot (of these types) again, in one new pack with its
+    index (what two writers that did not see each other's index leave); its id."""
+    repo = lab.open()
+    repo.load_index()
+    snap = repo.load_snapshot(snapshot_id)
+    blobs = [(TREE, snap.tree)]
+    for _, node in walk(repo, snap.tree):
+        blobs += [(DATA, c) for c in node.content if isinstance(c, bytes)]
+        if node.subtree is not None:
+            blobs.append((TREE, node.subtree))
+    writer = repo.new_pack_writer()
+    for blob_type, bid in dict.fromkeys(b for b in blobs if b[0] in types):
+        writer.add(blob_type, bid, repo.load_blob(bid))
+    pack_id, _ = repo.upload_pack(writer)
+    repo.flush_index()
+    return pack_id
+
+
+def test_blobs_stored_twice_are_kept_once_and_nothing_is_lost(lab: Lab, tmp_path: Path) -> None:
+    first = lab.backup(tree(tmp_path / "first", 1))
+    second = lab.backup(tree(tmp_path / "second", 2))
+    originals = pack_ids_of(lab, second)
+    copy = copy_blobs(lab, second)
+    lab.forget(first)
+
+    result = lab.prune(max_unused=100)
+
+    # Every blob of `second` is in `copy` and in its original packs: one of the two
+    # sets stays, the other goes, and the snapshot restores either way.
+    left = lab.packs()
+    assert (copy in left) != (originals <= left)
+    assert result.packs_deleted >= 1
+    lab.assert_whole(tmp_path)
+    lab.forget(second)
+    assert lab.prune().packs_deleted >= 1
+    assert lab.packs() == set()
+
+
+def test_a_blob_whose_only_copies_are_gone_stops_prune(lab: Lab, tmp_path: Path) -> None:
+    kept = lab.backup(tree(tmp_path / "kept", 2))
+    trees = pack_ids_of(lab, kept)
+    copy = copy_blobs(lab, kept, (DATA,))
+    data = pack_ids_of(lab, kept) - trees  # the file's blobs: found first in the copy
+    repo = lab.open()
+    repo.load_index()
+    for _, node in walk(repo, repo.load_snapshot(kept).tree):
+        for bid in node.content:
+            if isinstance(bid, bytes):
+                location = repo.lookup(bid)
+                assert location is not None
+                data.add(location.pack_id)
+    # Every data pack goes, copies and originals; the trees stay readable, so it is the
+    # count of lost blobs that stops the run.
+    for pack_id in data | {copy}:
+        (lab.path / pack_name(pack_id)).unlink()
+    before = lab.files()
+
+    with pytest.raises(IntegrityError, match=r"refuses.* blob\(s\) that snapshots reference"):
+        lab.prune()
+
+    assert lab.files() == before
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_the_ledger_picks_keepers_like_sets_and_dicts_would(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """The ledger (a hash table with marks, copies aside) against the obvious version
+    with a set of referenced ids and a dict of places, on random repositories with
+    blobs in several packs and packs that are gone."""
+    if not native:
+        monkeypatch.setattr(prune_module, "Table", PyTable)
+    elif not NATIVE:
+        pytest.skip("the C table was not built")
+    for seed in range(30):
+        rng = random.Random(seed)
+        packs = [f"{n:064x}" for n in range(rng.randint(1, 12))]
+        present = {p for p in packs if rng.random() < 0.85}
+        blobs = [rng.randbytes(32) for _ in range(rng.randint(1, 300))]
+        view = _View(None, lambda stage, done, total: None)  # type: ignore[arg-type]
+        view.packs = {p: _Pack(1000, float(rng.randint(0, 5))) for p in present}
+        places: dict[bytes, list[tuple[str, int]]] = {}
+        for bid in blobs:
+            for pack_id in rng.sample(packs, rng.choice([1, 1, 1, 2, 3]) if len(packs) > 2 else 1):
+                length = rng.randint(1, 5000)
+                for _ in range(rng.choice([1, 1, 2])):  # listed twice: counted once
+                    view.blobs.add(pack_id, [(DATA, bid, 0, length, length, 0)])
+                places.setdefault(bid, []).append((pack_id, length))
+        referenced = {bid for bid in blobs if rng.random() < 0.7}
+        for bid in referenced:
+            assert view.blobs.table.mark(bid, REFERENCED) >= 0
+        avoid = {p for p in packs if rng.random() < 0.3}
+
+        # The obvious version: blobs in one place first, then the others in the order
+        # they were first stored twice (the ledger's order), preferring a pack already
+        # needed, then one not avoided, then the newest.
+        lost = [b for b in referenced if not any(p in present for p, _ in places[b])]
+        if lost:
+            with pytest.raises(IntegrityError, match=f"{len(lost)} blob"):
+                view.keepers(avoid)
+            continue
+        used: dict[str, int] = {}
+        several = []
+        for bid in blobs:
+            if bid not in referenced:
+                continue
+            here = [(p, n) for p, n in places[bid] if p in present]
+            if len(places[bid]) == 1:
+                used[here[0][0]] = used.get(here[0][0], 0) + here[0][1]
+            else:
+                several.append(here)
+        for here in several:
+            if len(here) == 1:
+                used[here[0][0]] = used.get(here[0][0], 0) + here[0][1]
+        for here in several:
+            if len(here) == 1:
+                continue
+            pick = next((x for x in here if x[0] in used), None) or min(
+                here, key=lambda x: (x[0] in avoid, -view.packs[x[0]].mtime, x[0])
+            )
+            used[pick[0]] = used.get(pick[0], 0) + pick[1]
+        keep = view.keepers(avoid)
+        assert keep.used == used, seed
+        stored = {p: 0 for p in packs}
+        for bid in blobs:
+            for pack_id, length in places[bid]:
+                stored[pack_id] += length
+        assert {p: view.blobs.stored[view.blobs.number(p)] for p in packs} == stored
+        # The keys each pack keeps, as repacking asks for them.
+        wanted = dict(view.kept_in(keep, sorted(keep.used)))
+        assert set(wanted) == set(keep.used)
+        for pack_id, keys in wanted.items():
+            length_of = {bid[:16]: n for bid in blobs for p, n in places[bid] if p == pack_id}
+            assert sum(length_of[k] for k in keys) == keep.used[pack_id]
+
+
+def test_the_ledger_takes_under_50_bytes_a_blob() -> None:
+    if not NATIVE:
+        pytest.skip("the C table was not built")
+    view = _View(None, lambda stage, done, total: None)  # type: ignore[arg-type]
+    count = 200_000
+    rng = random.Random(1)
+    ids = [rng.randbytes(32) for _ in range(count)]
+    for n, bid in enumerate(ids):
+        view.blobs.add(f"{n % 500:064x}", [(DATA, bid, 0, 100, 100, 0)])
+    for bid in ids[::3]:
+        assert view.blobs.table.mark(bid, REFERENCED) == 0
+    view.packs = {f"{n:064x}": _Pack(1000, 0.0) for n in range(500)}
+    assert len(view.keepers(set()).used) == 500
+    per_blob = view.blobs.memory_bytes / count
+    assert per_blob < 50, per_blob

@@ -15,6 +15,7 @@ import pytest
 from strongroom.errors import IntegrityError
 from strongroom.repository import index as index_module
 from strongroom.repository.index import (
+    RECORD,
     ChunkIndex,
     HashTable,
     IndexFile,
@@ -199,6 +200,19 @@ def test_by_pack_groups_every_entry(filled: ChunkIndex, ids: list[bytes]) -> Non
     assert prefixes == {bid[:16] for bid in ids}
 
 
+def test_keys_in_gives_each_packs_keys_as_records(filled: ChunkIndex) -> None:
+    groups = filled.by_pack()
+    wanted = [*sorted(groups)[::3], "f" * 64]  # and a pack the index does not know
+    views = filled.keys_in(wanted)
+    assert set(views) == {p for p in wanted if groups.get(p)}
+    for pack_id, view in views.items():
+        number = filled.packs.index(pack_id)
+        records = list(RECORD.iter_unpack(view))
+        assert {n for n, _ in records} == {number}
+        assert sorted(key for _, key in records) == sorted(key for key, _ in groups[pack_id])
+    assert filled.keys_in([]) == {}
+
+
 # --- index files ------------------------------------------------------------------------
 
 
@@ -273,6 +287,59 @@ def test_c_and_python_tables_agree_byte_for_byte() -> None:
         assert tables[0].get(bid) == tables[1].get(bid)
         assert tables[0].find(bid) == tables[1].find(bid)
         assert (bid in tables[0]) == (bid in tables[1])
+
+
+@pytest.mark.skipif(not index_module.NATIVE, reason="the C table is not built")
+def test_c_and_python_marks_agree_through_growth() -> None:
+    """Marks (a collector's referenced bits) stay with their entry when the table grows,
+    and usage/select give the same answers in C and in Python."""
+    rng = random.Random(9)
+    tables = [PyTable(16), index_module.Table(16)]
+    ids: list[bytes] = []
+    t_pack: dict[bytes, int] = {}  # each id's pack number
+    marked: dict[bytes, int] = {}
+    for _ in range(40):
+        batch = [rng.randbytes(32) for _ in range(rng.randrange(1, 120))]
+        t_pack.update((bid, rng.randrange(9)) for bid in batch)
+        for t in tables:
+            for bid in batch:
+                t.put(bid, t_pack[bid], 0, 33, 0, False)
+        ids += batch
+        for bid in rng.sample(ids, min(len(ids), 20)):
+            bits = rng.choice([1, 2, 4, 1 | 2])
+            before = {t.mark(bid, bits) for t in tables}
+            assert before == {marked.get(bid, 0)}
+            marked[bid] = marked.get(bid, 0) | bits
+        absent = rng.randbytes(32)
+        assert {t.mark(absent, 1) for t in tables} == {-1}
+    assert tables[0].raw() == tables[1].raw() and tables[0].nbytes == tables[1].nbytes
+    for bid in ids:
+        assert {t.mark(bid, 0) for t in tables} == {marked.get(bid, 0)}
+    present = bytes(rng.randrange(2) for _ in range(7))  # packs 7 and 8: not even listed
+    for required, excluded in [(1, 0), (1, 4), (2, 0), (0, 0), (3, 4)]:
+        usage = [t.usage(present, required, excluded, 3) for t in tables]
+        assert usage[0] == usage[1]
+        picked = [t.select(present, required, excluded) for t in tables]
+        assert picked[0] == picked[1]
+        expected = sorted(
+            (t_pack[bid], bid[:16])
+            for bid in set(ids)
+            if marked.get(bid, 0) & required == required
+            and not marked.get(bid, 0) & excluded
+            and t_pack[bid] < len(present)
+            and present[t_pack[bid]]
+        )
+        records = picked[0]
+        assert [
+            (int.from_bytes(records[i : i + 4], "little"), records[i + 4 : i + 20])
+            for i in range(0, len(records), 20)
+        ] == expected
+        used, lost, sample = usage[0]
+        assert sum(used) + sum(33 for _ in range(lost)) == 33 * sum(
+            1 for bid in set(ids) if marked.get(bid, 0) & required == required
+            and not marked.get(bid, 0) & excluded
+        )  # fmt: skip
+        assert len(sample) == min(lost, 3)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from strongroom.engine.walk import load_tree
 from strongroom.errors import IntegrityError
 from strongroom.repository import DATA, Repository
 from strongroom.repository.crypto import PackCipher
-from strongroom.repository.index import BlobLocation
+from strongroom.repository.index import RECORD
 from strongroom.repository.pack import (
     DATA_OFFSET,
     TRAILER,
@@ -85,6 +85,7 @@ class _PackRead:
     seen: set[bytes] = field(default_factory=set)
 
 
+NONE = memoryview(b"")  # no blob indexed in a pack
 # A pack is read in pieces of about this size (and a bigger blob whole).
 READ_PIECE = 4 << 20
 
@@ -131,12 +132,12 @@ class Checker:
         bad_blobs: set[bytes] = set()
         if read_data:
             to_read = select_subset(present, subset)
-            groups = repo.index.by_pack()
+            keys = repo.index.keys_in(to_read)
             # Packs are read and verified on one thread per core (decryption,
             # decompression and hashing release the GIL); results are taken in order.
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
                 reads = [
-                    pool.submit(self._read_pack, pack_id, stored[pack_id], groups.get(pack_id, []))
+                    pool.submit(self._read_pack, pack_id, stored[pack_id], keys.get(pack_id, NONE))
                     for pack_id in to_read
                 ]
                 for done, read in enumerate(reads, 1):
@@ -168,15 +169,14 @@ class Checker:
         result.trees = len(checked_trees)
         return result
 
-    def _read_pack(
-        self, pack_id: str, size: int, expected: list[tuple[bytes, BlobLocation]]
-    ) -> _PackRead:
+    def _read_pack(self, pack_id: str, size: int, expected: memoryview) -> _PackRead:
         """Read one pack front to back, in pieces of about READ_PIECE, checking it
         against its name and every blob in it; the 16-byte id prefix of every damaged
-        blob goes into ``bad``."""
+        blob goes into ``bad``. ``expected``: the index's records of the pack's blobs
+        (``ChunkIndex.keys_in``)."""
         found = _PackRead()
         what = f"pack {pack_id[:8]}"
-        expected_keys = {key for key, _ in expected}
+        expected_keys = {key for _, key in RECORD.iter_unpack(expected)}
         try:
             self._read_blobs(pack_id, size, what, found)
         except ObjectNotFound:
@@ -190,6 +190,7 @@ class Checker:
         for key in expected_keys - found.seen:
             found.errors.append(f"{what}: the index names blob {key.hex()} it does not hold")
             found.bad.add(key)
+        found.seen = set()  # results wait in order: only what was bad stays
         return found
 
     def _read_blobs(self, pack_id: str, size: int, what: str, found: _PackRead) -> None:

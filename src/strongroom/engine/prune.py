@@ -48,6 +48,7 @@ from strongroom.repository.gc import (
     read_markers,
     save_marker,
 )
+from strongroom.repository.index import RawBlob, Table
 from strongroom.repository.locks import LockInfo, RepositoryLock
 from strongroom.repository.pack import PackEntry, PackWriter, cipher_for, open_blob, pack_name
 from strongroom.repository.pack import read_header as read_pack_header
@@ -113,23 +114,109 @@ Progress = Callable[[str, int, int], None]
 class _Pack:
     size: int
     mtime: float
-    blobs: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (type, length)
+
+
+# A blob's marks in the ledger's table (one byte per slot, see _chunktable.c).
+REFERENCED = 1  # a snapshot needs it
+WALKED = 2  # a tree whose nodes were marked
+SEVERAL = 4  # held by more than one pack: its copies are in ``_Ledger.copies``
+# Missing blobs named in the error (a broken repository: the run stops anyway).
+MISSING_SAMPLE = 5
+MISSING_KEPT = 1000
+
+
+class _Ledger:
+    """Every blob the index files name, in the chunk index's hash table (16-byte id
+    prefix, pack number, stored length: ~45 bytes a blob) with a byte of marks each,
+    instead of sets and dicts of ids (~450 bytes a blob). A blob held by more than one
+    pack (after a crash, or a repack) has its copies in a dict: few."""
+
+    def __init__(self) -> None:
+        self.table = Table(1024)
+        self.pack_ids: list[str] = []
+        self._numbers: dict[str, int] = {}
+        self.stored: list[int] = []  # per pack number: stored bytes of its indexed blobs
+        self.copies: dict[bytes, list[int]] = {}  # key -> [pack_no, length, pack_no, ...]
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.table.nbytes + 120 * len(self.copies)
+
+    def number(self, pack_id: str) -> int:
+        number = self._numbers.get(pack_id)
+        if number is None:
+            number = self._numbers[pack_id] = len(self.pack_ids)
+            self.pack_ids.append(pack_id)
+            self.stored.append(0)
+        return number
+
+    def number_of(self, pack_id: str) -> int | None:
+        return self._numbers.get(pack_id)
+
+    def add(self, pack_id: str, blobs: list[RawBlob]) -> None:
+        """A pack's entries in an index file (validated tuples); a blob a pack holds is
+        counted once however often it is listed."""
+        number = self.number(pack_id)
+        table, copies_of, stored = self.table, self.copies, 0
+        for btype, bid, offset, length, raw_length, flags in blobs:
+            key = bid[:16]
+            found = table.get(key)
+            if found is None:
+                table.put(
+                    key, number, offset, length, raw_length | btype << 24 | flags << 28, False
+                )
+            else:
+                copies = copies_of.get(key)
+                if copies is None:
+                    if found[0] == number:
+                        continue
+                    copies = copies_of[key] = [found[0], found[2]]
+                    table.mark(key, SEVERAL)
+                elif number in copies[::2]:
+                    continue
+                copies += (number, length)
+            stored += length
+        self.stored[number] += stored
+
+    def move(self, pack_id: str, entry: PackEntry) -> None:
+        """A repacked blob: its new pack is now its only copy that counts (the old one
+        is deleted or marked)."""
+        number = self.number(pack_id)
+        key = entry.id[:16]
+        meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
+        self.table.put(key, number, entry.offset, entry.length, meta, True)
+        if key in self.copies:
+            self.copies[key] = [number, entry.length]
+        self.stored[number] += entry.length
+
+
+@dataclass
+class _Keep:
+    """Which pack keeps each referenced blob: the table's one pack for most, ``chosen``
+    for blobs held by several; ``used``: the stored bytes each pack keeps (only packs
+    that keep any)."""
+
+    used: dict[str, int]
+    chosen: dict[bytes, int]
+
+    @property
+    def needed(self) -> set[str]:
+        return set(self.used)
 
 
 class _View:
     """What storage holds, as of the last listing: packs, index files, and every blob
-    the snapshots reference (walked once per tree)."""
+    the snapshots reference (each tree walked once)."""
 
     def __init__(self, repo: Repository, progress: Progress) -> None:
         self.repo = repo
         self.progress = progress
         self.packs: dict[str, _Pack] = {}
         self.index_files: dict[str, set[str]] = {}  # index file -> the packs it names
-        self.blob_packs: dict[bytes, list[str]] = {}
-        self.referenced: set[bytes] = set()
+        self.blobs = _Ledger()
         self.snapshots: set[str] = set()
-        self._trees: set[bytes] = set()
-        self._indexed: dict[str, dict[bytes, tuple[int, int]]] = {}
+        self._missing: set[bytes] = set()  # referenced, in no index file (kept: a few)
+        self._missing_count = 0
 
     def refresh(self) -> None:
         """List snapshots, then index files, then packs (each is written before the
@@ -156,8 +243,7 @@ class _View:
             pack_id = _pack_id(info)
             if pack_id is None:
                 continue  # not a pack strongroom wrote: never touched
-            blobs = self._indexed.get(pack_id, {})
-            listed[pack_id] = _Pack(info.size, info.mtime, blobs)
+            listed[pack_id] = _Pack(info.size, info.mtime)
         self.packs = listed
 
     def _read_index(self) -> None:
@@ -165,24 +251,14 @@ class _View:
         new = [i for i in infos if i.name not in self.index_files]
         for done, info in enumerate(new, 1):
             try:
-                entries = self.repo.read_index_file(info.name)
+                packs = self.repo.read_index_packs(info.name)
             except ObjectNotFound:
                 continue  # replaced meanwhile: its successor is in a later listing
-            self.add_index_file(info.name, entries)
+            for pack_id, blobs in packs:
+                self.blobs.add(pack_id, blobs)
+            self.index_files[info.name] = {pack_id for pack_id, _ in packs}
+            del packs
             self.progress("index", done, len(new))
-
-    def add_index_file(self, name: str, entries: Iterable[tuple[str, PackEntry]]) -> None:
-        named: set[str] = set()
-        for pack_id, entry in entries:
-            named.add(pack_id)
-            blobs = self._indexed.setdefault(pack_id, {})
-            if entry.id not in blobs:
-                blobs[entry.id] = (entry.type, entry.length)
-                self.blob_packs.setdefault(entry.id, []).append(pack_id)
-            pack = self.packs.get(pack_id)
-            if pack is not None:
-                pack.blobs = blobs
-        self.index_files[name] = named
 
     def _walk_snapshots(self, ids: list[str]) -> None:
         new = [sid for sid in ids if sid not in self.snapshots]
@@ -198,52 +274,102 @@ class _View:
             self.progress("snapshots", done, len(new))
 
     def _walk(self, root: bytes) -> None:
+        table = self.blobs.table
         stack = [root]
         while stack:
             tree_id = stack.pop()
-            if tree_id in self._trees:
+            marks = table.mark(tree_id, 0)
+            if marks >= 0 and marks & WALKED:
                 continue
             try:
                 nodes = load_tree(self.repo, tree_id)
             except IntegrityError as e:
                 raise IntegrityError(f"prune refuses to delete anything: {e}") from None
-            self.referenced.add(tree_id)
+            if table.mark(tree_id, REFERENCED | WALKED) < 0:
+                self._lost(tree_id)  # readable (the repository's index) but not indexed
             for node in nodes:
-                self.referenced.update(c for c in node.content if isinstance(c, bytes))
+                for c in node.content:
+                    if isinstance(c, bytes) and table.mark(c, REFERENCED) < 0:
+                        self._lost(c)
                 if node.subtree is not None:
                     stack.append(node.subtree)
-            self._trees.add(tree_id)
 
-    def keepers(self, avoid: set[str]) -> dict[bytes, str]:
+    def _lost(self, bid: bytes) -> None:
+        if bid in self._missing:
+            return
+        self._missing_count += 1
+        if len(self._missing) < MISSING_KEPT:
+            self._missing.add(bid)
+
+    def keepers(self, avoid: set[str]) -> _Keep:
         """For each referenced blob, the pack that keeps it: the only one that holds
         it, or one already kept for another blob, or one outside ``avoid``."""
-        keep: dict[bytes, str] = {}
-        needed: set[str] = set()
-        several: list[tuple[bytes, list[str]]] = []
-        missing: list[bytes] = []
-        for bid in self.referenced:
-            places = [p for p in self.blob_packs.get(bid, ()) if p in self.packs]
+        ledger = self.blobs
+        present = bytearray(len(ledger.pack_ids))
+        for pack_id in self.packs:
+            number = ledger.number_of(pack_id)
+            if number is not None:
+                present[number] = 1
+        # Blobs in one pack, summed in C; a pack that is gone loses them.
+        used, lost, lost_keys = ledger.table.usage(present, REFERENCED, SEVERAL, MISSING_SAMPLE)
+        missing = self._missing_count + lost
+        sample = sorted(self._missing)[:MISSING_SAMPLE] + lost_keys
+        chosen: dict[bytes, int] = {}
+        several: list[tuple[bytes, list[tuple[int, int]]]] = []
+        for key, copies in ledger.copies.items():
+            if not ledger.table.mark(key, 0) & REFERENCED:
+                continue
+            places = [
+                (copies[i], copies[i + 1]) for i in range(0, len(copies), 2) if present[copies[i]]
+            ]
             if not places:
-                missing.append(bid)
+                missing += 1
+                sample.append(key)
             elif len(places) == 1:
-                keep[bid] = places[0]
-                needed.add(places[0])
+                chosen[key] = places[0][0]
+                used[places[0][0]] += places[0][1]
             else:
-                several.append((bid, places))
+                several.append((key, places))
         if missing:
+            shown = ", ".join(b.hex()[:16] for b in sample[:MISSING_SAMPLE])
             raise IntegrityError(
-                f"prune refuses to delete anything: {len(missing)} blob(s) that snapshots "
-                f"reference are missing ({', '.join(b.hex()[:16] for b in missing[:5])})",
+                f"prune refuses to delete anything: {missing} blob(s) that snapshots "
+                f"reference are missing ({shown})",
                 hint="run `strongroom check --read-data`; the next backup re-uploads "
                 "what it still has",
             )
-        for bid, places in several:
-            chosen = next((p for p in places if p in needed), None)
-            if chosen is None:
-                chosen = min(places, key=lambda p: (p in avoid, -self.packs[p].mtime, p))
-                needed.add(chosen)
-            keep[bid] = chosen
-        return keep
+        ids = ledger.pack_ids
+        for key, places in several:
+            pick = next((p for p in places if used[p[0]]), None)
+            if pick is None:
+                pick = min(
+                    places,
+                    key=lambda p: (ids[p[0]] in avoid, -self.packs[ids[p[0]]].mtime, ids[p[0]]),
+                )
+            chosen[key] = pick[0]
+            used[pick[0]] += pick[1]
+        return _Keep({ids[n]: u for n, u in enumerate(used) if u}, chosen)
+
+    def kept_in(self, keep: _Keep, pack_ids: list[str]) -> Iterable[tuple[str, set[bytes]]]:
+        """Each of ``pack_ids`` (in pack number order) with the keys of the blobs it
+        keeps; the keys come out of the table as 20-byte records, not as a set of all."""
+        ledger = self.blobs
+        flags = bytearray(len(ledger.pack_ids))
+        numbers = sorted(n for p in pack_ids if (n := ledger.number_of(p)) is not None)
+        for n in numbers:
+            flags[n] = 1
+        extra: dict[int, set[bytes]] = {}
+        for key, n in keep.chosen.items():
+            if flags[n]:
+                extra.setdefault(n, set()).add(key)
+        records = memoryview(ledger.table.select(flags, REFERENCED, SEVERAL))
+        at = 0
+        for n in numbers:
+            keys = extra.get(n, set())
+            while at < len(records) and int.from_bytes(records[at : at + 4], "little") == n:
+                keys.add(bytes(records[at + 4 : at + 20]))
+                at += 20
+            yield ledger.pack_ids[n], keys
 
 
 def _pack_id(info: ObjectInfo) -> str | None:
@@ -311,7 +437,7 @@ class Collector:
 
         marked = {p for m in markers for p in m.marker.candidates}
         keep = self.view.keepers(avoid=marked)
-        needed = set(keep.values())
+        needed = keep.needed
         unused = [p for p in self.view.packs if p not in needed]
         r.packs_unused = len(unused)
         r.bytes_unused = sum(self.view.packs[p].size for p in unused)
@@ -343,14 +469,14 @@ class Collector:
             if not self.result.packs_repacked:
                 return
             # The repacked packs: their blobs have copies now, and must be kept there.
-            sources = frozenset(before - set(keep.values()) - marked)
+            sources = frozenset(before - keep.needed - marked)
             if self._exclusive():
                 self._at_once(avoid=sources)
             else:
-                self._mark(set(keep.values()), also=sources)
+                self._mark(keep.needed, also=sources)
             return
         keep = self._repack(keep, marked, any_age=False)
-        self._mark(set(keep.values()))
+        self._mark(keep.needed)
 
     # --- markers and locks ----------------------------------------------------------
 
@@ -442,23 +568,16 @@ class Collector:
 
     # --- repacking ------------------------------------------------------------------
 
-    def _repack_plan(
-        self, keep: dict[bytes, str], marked: set[str], *, any_age: bool = False
-    ) -> list[str]:
+    def _repack_plan(self, keep: _Keep, marked: set[str], *, any_age: bool = False) -> list[str]:
         """Partly used packs to repack, most wasteful first, until the unused space
         left is at most ``max_unused`` percent of the whole. Unless ``any_age``, packs
         younger than the grace period are left alone (they may be a running backup's)."""
         percent = self.options.max_unused
         if percent >= 100:
             return []
-        used: dict[str, int] = {}
-        for bid, pack_id in keep.items():
-            used[pack_id] = used.get(pack_id, 0) + self.view.packs[pack_id].blobs[bid][1]
-        unused = {
-            p: sum(length for _, length in self.view.packs[p].blobs.values()) - u
-            for p, u in used.items()
-        }
-        used_total = sum(used.values())
+        ledger = self.view.blobs
+        unused = {p: ledger.stored[ledger.number(p)] - u for p, u in keep.used.items()}
+        used_total = sum(keep.used.values())
         allowed = used_total * percent / (100 - percent)
         waste = sum(unused.values())
         order = sorted(
@@ -478,31 +597,23 @@ class Collector:
             waste -= unused[pack_id]
         return plan
 
-    def _repack(
-        self, keep: dict[bytes, str], marked: set[str], *, any_age: bool
-    ) -> dict[bytes, str]:
+    def _repack(self, keep: _Keep, marked: set[str], *, any_age: bool) -> _Keep:
         """Copy the used blobs of wasteful packs into new, verified packs with their
         index; returns the keepers afterwards (the old packs keep nothing)."""
         plan = self._repack_plan(keep, marked, any_age=any_age)
         if not plan:
             return keep
-        wanted: dict[str, list[bytes]] = {}
-        for bid, pack_id in keep.items():
-            wanted.setdefault(pack_id, []).append(bid)
         writers: dict[int, PackWriter] = {}
-        moved: dict[bytes, str] = {}
         uploaded: list[tuple[str, PackEntry]] = []
 
         def upload(writer: PackWriter) -> None:
             pack_id, _ = self.repo.upload_pack(writer)
             self._verify(pack_id)
-            for entry in writer.entries:
-                uploaded.append((pack_id, entry))
-                moved[entry.id] = pack_id
+            uploaded.extend((pack_id, entry) for entry in writer.entries)
 
         try:
-            for done, source in enumerate(plan, 1):
-                for blob_type, bid, plain in self._used_blobs(source, set(wanted[source])):
+            for done, (source, wanted) in enumerate(self.view.kept_in(keep, plan), 1):
+                for blob_type, bid, plain in self._used_blobs(source, wanted):
                     writer = writers.get(blob_type)
                     if writer is None:
                         writer = writers[blob_type] = self.repo.new_pack_writer()
@@ -526,18 +637,22 @@ class Collector:
         for pack_id in {p for p, _ in uploaded}:
             size = self.repo.backend.stat(pack_name(pack_id)).size
             self.view.packs[pack_id] = _Pack(size, now)
+        for pack_id, entry in uploaded:
+            self.view.blobs.move(pack_id, entry)
         if index_name is not None:
-            self.view.add_index_file(index_name, uploaded)
+            self.view.index_files[index_name] = {p for p, _ in uploaded}
         self.result.packs_repacked += len(plan)
-        self.result.blobs_repacked += len(moved)
-        return {bid: moved.get(bid, pack_id) for bid, pack_id in keep.items()}
+        self.result.blobs_repacked += len(uploaded)
+        return self.view.keepers(avoid=marked | set(plan))
 
     def _used_blobs(self, pack_id: str, used: set[bytes]) -> Iterable[tuple[int, bytes, bytes]]:
+        """The blobs of a pack whose keys (16-byte id prefixes) are in ``used``."""
         what = f"pack {pack_id[:8]}"
         data = self.repo.backend.load(pack_name(pack_id))
         cipher = cipher_for(self.repo.master, data, what)
         for entry in read_pack_header(self.repo.master, data, what):
-            if entry.id in used:
+            key = entry.id[:16]
+            if key in used:
                 ciphertext = data[entry.offset : entry.offset + entry.length]
                 blob_what = f"{what} blob {entry.id.hex()[:16]}"
                 yield (
@@ -545,7 +660,7 @@ class Collector:
                     entry.id,
                     open_blob(self.repo.master, cipher, entry, ciphertext, blob_what),
                 )
-                used.discard(entry.id)
+                used.discard(key)
         if used:
             raise IntegrityError(f"{what}: the index names blobs it does not hold")
 
@@ -593,7 +708,7 @@ class Collector:
         r.packs_deferred = len(deferred)
         r.bytes_deferred = sum(self.view.packs[p].size for p in deferred)
 
-    def _at_once(self, avoid: frozenset[str] = frozenset()) -> tuple[dict[bytes, str], set[str]]:
+    def _at_once(self, avoid: frozenset[str] = frozenset()) -> tuple[_Keep, set[str]]:
         """Nobody is writing (this process holds the exclusive lock): list everything
         again and delete every unused pack now, named in a marker first so that a
         writer holding an older index learns of it when it commits. Blobs are kept
@@ -606,7 +721,7 @@ class Collector:
         markers, _ = read_markers(self.repo.backend, self.repo.master)
         marked = {p for m in markers for p in m.marker.candidates}
         keep = self.view.keepers(avoid=marked | avoid)
-        needed = set(keep.values())
+        needed = keep.needed
         doomed = sorted(p for p in self.view.packs if p not in needed)
         unmarked = [p for p in doomed if p not in marked]
         if unmarked:
@@ -628,9 +743,7 @@ class Collector:
         )
         return save_marker(self.repo.backend, self.repo.master, marker)
 
-    def _dry_run(
-        self, markers: list[StoredMarker], keep: dict[bytes, str], doomed: list[str]
-    ) -> None:
+    def _dry_run(self, markers: list[StoredMarker], keep: _Keep, doomed: list[str]) -> None:
         r = self.result
         r.mode = "dry-run"
         r.packs_deleted = len(doomed)
@@ -640,7 +753,7 @@ class Collector:
         alone = not any(self._maybe_live(o) for o in self._lock.others(include_expired=True))
         plan = self._repack_plan(keep, marked, any_age=alone)
         r.packs_repacked = len(plan)
-        needed = set(keep.values()) - set(plan)
+        needed = keep.needed - set(plan)
         unused = [p for p in self.view.packs if p not in needed and p not in doomed]
         fresh = [
             p

@@ -13,8 +13,9 @@ On storage, index files are sealed msgpack documents listing packs and their ent
 
 from __future__ import annotations
 
+import bisect
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from strongroom.repository._chunktable import Table as CTable
 
 SLOT = struct.Struct("<16sIIII")
+RECORD = struct.Struct("<I16s")  # Table.select's: a pack number and a key
 _PACK_NO = struct.Struct("<I")
 _KEY = struct.Struct("<16s16x")  # a slot's key, the rest skipped
 EMPTY = bytes(16)
@@ -61,13 +63,14 @@ class PyTable:
         self.nslots = nslots
         self._buf = bytearray(nslots * SLOT.size)
         self._count = 0
+        self._marks: bytearray | None = None
 
     def __len__(self) -> int:
         return self._count
 
     @property
     def nbytes(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (0 if self._marks is None else len(self._marks))
 
     def _probe(self, key: bytes) -> tuple[int, bool]:
         buf, n, size = self._buf, self.nslots, SLOT.size
@@ -167,9 +170,10 @@ class PyTable:
         return added
 
     def _resize(self, n: int) -> None:
-        old = self._buf
+        old, old_marks = self._buf, self._marks
         self.nslots = n
         self._buf = buf = bytearray(n * SLOT.size)
+        self._marks = marks = None if old_marks is None else bytearray(n)
         size = SLOT.size
         # Keys come out of iter_unpack at C speed; only the filled slots are re-probed.
         for i, (key,) in enumerate(_KEY.iter_unpack(old)):
@@ -181,6 +185,57 @@ class PyTable:
                 if slot == n:
                     slot = 0
             buf[slot * size : (slot + 1) * size] = old[i * size : (i + 1) * size]
+            if marks is not None and old_marks is not None:
+                marks[slot] = old_marks[i]
+
+    def mark(self, bid: bytes, bits: int, /) -> int:
+        if not 0 <= bits < 256:
+            raise OverflowError("bits out of range")
+        slot, found = self._probe(_key(bid))
+        if not found:
+            return -1
+        if self._marks is None:
+            if not bits:
+                return 0
+            self._marks = bytearray(self.nslots)
+        before = self._marks[slot]
+        self._marks[slot] = before | bits
+        return before
+
+    def _selected(self, required: int, excluded: int) -> Iterator[tuple[bytes, int, int]]:
+        """(key, pack number, length) of each entry whose marks hold all of
+        ``required`` and none of ``excluded``, in slot order."""
+        for value in (required, excluded):
+            if not 0 <= value < 256:
+                raise OverflowError("bits out of range")
+        marks = self._marks
+        for i, (key, pack_no, _, length, _) in enumerate(SLOT.iter_unpack(self._buf)):
+            m = 0 if marks is None else marks[i]
+            if key != EMPTY and m & required == required and not m & excluded:
+                yield key, pack_no, length
+
+    def usage(
+        self, present: bytes | bytearray, required: int, excluded: int, sample: int, /
+    ) -> tuple[list[int], int, list[bytes]]:
+        used = [0] * len(present)
+        lost = 0
+        lost_keys: list[bytes] = []
+        for key, pack_no, length in self._selected(required, excluded):
+            if pack_no < len(present) and present[pack_no]:
+                used[pack_no] += length
+                continue
+            if lost < sample:
+                lost_keys.append(key)
+            lost += 1
+        return used, lost, lost_keys
+
+    def select(self, packs: bytes | bytearray, required: int, excluded: int, /) -> bytes:
+        records = sorted(
+            (pack_no, key)
+            for key, pack_no, _ in self._selected(required, excluded)
+            if pack_no < len(packs) and packs[pack_no]
+        )
+        return b"".join(_PACK_NO.pack(pack_no) + key for pack_no, key in records)
 
     def items(self) -> list[tuple[bytes, int, int, int, int]]:
         return [entry for entry in SLOT.iter_unpack(self._buf) if entry[0] != EMPTY]
@@ -279,6 +334,30 @@ class ChunkIndex:
 
     def __contains__(self, bid: bytes) -> bool:
         return bid in self._table
+
+    def keys_in(self, pack_ids: Iterable[str]) -> dict[str, memoryview]:
+        """The 16-byte keys of the blobs each of these packs holds, as 20-byte records
+        (the pack's number, then the key: ``RECORD``), one view per pack of one buffer
+        (``Table.select``: 20 bytes a blob, not an object per blob)."""
+        flags = bytearray(len(self.packs))
+        for pack_id in pack_ids:
+            number = self._pack_numbers.get(pack_id)
+            if number is not None:
+                flags[number] = 1
+        records = memoryview(self._table.select(flags, 0, 0))
+        count = len(records) // RECORD.size
+
+        def pack_at(i: int) -> int:
+            return int.from_bytes(records[i * RECORD.size : i * RECORD.size + 4], "little")
+
+        views: dict[str, memoryview] = {}
+        start = 0
+        while start < count:
+            number = pack_at(start)
+            end = bisect.bisect_right(range(count), number, lo=start, key=pack_at)
+            views[self.packs[number]] = records[start * RECORD.size : end * RECORD.size]
+            start = end
+        return views
 
     def by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
         """Every entry grouped by pack, keyed by the stored 16-byte id prefix."""

@@ -281,7 +281,7 @@ class Repository:
         marked: list[tuple[str, list[RawBlob]]] = []
         for info in infos:
             try:
-                described = self._read_index_packs(info.name)
+                described = self.read_index_packs(info.name)
             except ObjectNotFound as e:
                 if retry:
                     return False
@@ -316,11 +316,13 @@ class Repository:
         """One index file's entries, authenticated; IntegrityError or ObjectNotFound."""
         return [
             (pack_id, PackEntry(*blob))
-            for pack_id, blobs in self._read_index_packs(name)
+            for pack_id, blobs in self.read_index_packs(name)
             for blob in blobs
         ]
 
-    def _read_index_packs(self, name: str) -> list[tuple[str, list[RawBlob]]]:
+    def read_index_packs(self, name: str) -> list[tuple[str, list[RawBlob]]]:
+        """One index file's packs with their blobs as validated tuples (no objects per
+        blob); IntegrityError or ObjectNotFound."""
         short = name.rsplit("/", 1)[-1]
         what = f"index {short[:8]}"
         raw = self.backend.load(name)
