@@ -915,3 +915,62 @@ def test_no_worker_is_forked_while_a_second_thread_runs() -> None:
         "beside_a_thread": 0,
         "children_beside_a_thread": 0,
     }
+
+
+# --- 6. `strongroom run` of a local client ------------------------------------------------
+
+
+def _run_config(tmp_path: Path, clients: dict[str, Path]) -> Path:
+    (tmp_path / "pass").write_text(PASSWORD)
+    assert cli("--repo", str(tmp_path / "repo"), "init").code == 0
+    config = tmp_path / "strongroom.toml"
+    config.write_text(
+        f'[repositories.main]\nurl = "{tmp_path}/repo"\npassword_file = "{tmp_path}/pass"\n\n'
+        f'[catalog]\nurl = "sqlite:///{tmp_path}/catalog.db"\n\n'
+        '[defaults]\nrepository = "main"\n\n'
+        + "".join(
+            f'[clients.{name}]\ntransport = "local"\nsources = ["{src}"]\n\n'
+            for name, src in clients.items()
+        )
+    )
+    return config
+
+
+@pytest.mark.parametrize("clients", [1, 2])
+def test_a_local_run_backs_up_through_worker_processes(tmp_path: Path, clients: int) -> None:
+    """`strongroom run` of the director's own files forks worker processes as `backup`
+    does (before the catalog opens or a thread starts); with two local clients in one
+    command, each runs with threads (a worker serves one backup). Either way every
+    snapshot restores exactly."""
+    rng = random.Random(SEED)
+    sources = {f"c{n}": tmp_path / f"src{n}" for n in range(clients)}
+    for src in sources.values():
+        _base_tree(src, rng)
+        _new_data(src, rng, small=300, big=2)
+    config = _run_config(tmp_path, sources)
+    trace = tmp_path / "trace"
+    command = [sys.executable, str(CHILD), "cli", "--trace-workers", str(trace), "--"]
+    done = subprocess.run(
+        [*command, "--json", "--config", str(config), "run", *sources],
+        env=_env(1),
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    run = Run(done.returncode, done.stdout.decode(), done.stderr.decode(), _read_trace(trace))
+    assert run.code == 0, run.stderr[-3000:]
+    summaries = [d for d in run.documents() if d["type"] == "summary"]
+    assert sorted(s["client"] for s in summaries) == sorted(sources)
+    assert all(s["exit_code"] == 0 for s in summaries), summaries
+    worker_files = {f for b in run.worker_batches() for f in b["files"]}
+    if clients == 1:
+        assert len(worker_files) >= 100, f"the worker backed up {len(worker_files)} files"
+        assert all(f.startswith(str(sources["c0"])) for f in worker_files)
+    else:
+        assert not worker_files
+    for name, src in sources.items():
+        target = tmp_path / f"target-{name}"
+        r = restore(tmp_path / "repo", "latest", target, "--client", name)
+        assert r.code == 0, r.stderr[-3000:]
+        assert_restored_exactly(target, src, manifest(src))
+    assert_check_ok(tmp_path / "repo", "after local runs with worker processes")

@@ -28,6 +28,7 @@ from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.walk import walk
+from strongroom.engine.workers import Worker, Workers
 from strongroom.errors import (
     EXIT_CLIENT_UNREACHABLE,
     EXIT_FATAL,
@@ -128,6 +129,8 @@ class Director:
     env: Mapping[str, str]
     hostname: str = field(default_factory=socket.gethostname)
     notifier: Notifier | None = None
+    # Worker processes forked for this command's one local run (the first takes them).
+    workers: Workers | None = None
     _repos: dict[str, Repository] = field(default_factory=dict)
     _repos_lock: threading.Lock = field(default_factory=threading.Lock)
     _refreshed: dict[str, float] = field(default_factory=dict)  # repo id -> monotonic
@@ -372,7 +375,12 @@ class Director:
         self, repo: Repository, spec: JobSpec, lock: RepositoryLock, evidence: list[str]
     ) -> tuple[Snapshot, list[str]]:
         cache = FilesCache(self.cache_dir / repo.id / f"files-{spec.client}-{spec.name}")
-        result = Archiver(repo, self.clock, cache, before_commit=lock.ensure_valid).backup(
+        lanes = self._take_workers(repo, spec.repository)
+        archiver = Archiver(
+            repo, self.clock, cache, before_commit=lock.ensure_valid, lanes=lanes,
+            workers=max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes)),
+        )  # fmt: skip
+        result = archiver.backup(
             BackupRequest(
                 **_request_fields(spec),
                 username=getpass.getuser(),
@@ -382,6 +390,15 @@ class Director:
         )
         warnings = [f"{w.path}: {w.message}" for w in result.warnings] + result.notes
         return result.snapshot, warnings
+
+    def _take_workers(self, repo: Repository, name: str) -> list[Worker]:
+        """The worker processes, set up for ``repo``, for the first local run that
+        asks; none for the others (a worker serves one backup)."""
+        with self._repos_lock:
+            workers, self.workers = self.workers, None
+        if workers is None:
+            return []
+        return workers.for_backup(repo, self.config.repository(name).url)
 
     def _archive_remote(
         self, repo: Repository, spec: JobSpec, lock: RepositoryLock, evidence: list[str]

@@ -12,7 +12,8 @@ import click
 from strongroom.catalog import Catalog
 from strongroom.cli.context import App, format_size, pass_app
 from strongroom.cli.memory import limit_arenas
-from strongroom.config import Config, parse_duration
+from strongroom.config import Config, JobSpec, parse_duration
+from strongroom.engine.workers import Workers
 from strongroom.errors import UsageError
 from strongroom.jobs.notifier import DeliveryReport, Notifier
 from strongroom.jobs.run import Director, RunOutcome, worst_exit_code
@@ -84,13 +85,30 @@ def run_command(
                 repository=spec.repository,
             )
         return 0
+    # A local client (the director's own files) is backed up by worker processes as
+    # `backup` does, forked now: before the catalog opens and before any thread starts.
+    # One such run per command takes them; others (several local clients) use threads.
+    local = sum(spec.transport == "local" for spec in specs)
+    with Workers(app.worker_processes() if local == 1 else 0, app.clock) as workers:
+        return _run(app, config, specs, parallel, wait_s, window, workers)
+
+
+def _run(
+    app: App,
+    config: Config,
+    specs: list[JobSpec],
+    parallel: int,
+    wait_s: float,
+    window: str | None,
+    workers: Workers,
+) -> int:
     catalog = app.open_catalog(config)
     try:
         env = dict(os.environ)
         notifier = Notifier(config, catalog, app.clock, env)
         director = Director(
             config, catalog, app.clock, app.state_dir(), app.cache_dir(), env,
-            notifier=notifier,
+            notifier=notifier, workers=workers,
         )  # fmt: skip
 
         progress = RunProgress(app, len(specs))
