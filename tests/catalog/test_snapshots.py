@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from strongroom.catalog import Catalog, FindHit, PathEntry, SnapshotRecord
+from strongroom.catalog import BaseNotLatest, Catalog, Changes, FindHit, PathEntry, SnapshotRecord
 from strongroom.catalog.schema import path_versions, paths
 from strongroom.errors import UsageError
 
@@ -299,6 +299,65 @@ def test_the_index_agrees_with_a_plain_model_through_records_and_forgets(
         assert sorted((h.snapshot_id, h.client, h.path, h.size) for h in found) == sorted(
             (sid, client, path, size) for sid, rows in model.items() for client, path, size in rows
         )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_snapshots_recorded_as_changes_agree_with_a_plain_model(
+    catalog: Catalog, seed: int
+) -> None:
+    """The same random nights, each recorded as its changes against the lineage's last
+    recorded snapshot (as a director does), or in full when that base is not the last
+    any more (BaseNotLatest, nothing written); ``find`` always matches the model, and
+    the rows are the ones full recording makes."""
+    rng = random.Random(seed)
+    pool = [f"/d{i % 3}/f{i}" for i in range(16)]
+    model: dict[str, set[tuple[str, str, int]]] = {}
+    states: dict[str, dict[str, int]] = {}  # snapshot -> its entries (path -> size)
+    last: dict[tuple[str, str], dict[str, int]] = {}
+    fallbacks = deltas = 0
+    for step in range(40):
+        lineage = (rng.choice(["web1", "web2"]), rng.choice(["default", "sql"]))
+        current = dict(last.get(lineage, {p: 0 for p in rng.sample(pool, 8)}))
+        for path in rng.sample(pool, 4):
+            roll = rng.random()
+            if roll < 0.3:
+                current.pop(path, None)
+            elif roll < 0.6:
+                current[path] = rng.randint(0, 2)
+            else:
+                current.setdefault(path, 0)
+        last[lineage] = current
+        sid = f"s{step:02d}"
+        record = snap(sid, lineage[0], step, job=lineage[1])
+        head = catalog.lineage_head("main", *lineage)
+        # Sometimes the director's idea of the base is stale (a snapshot it did not see).
+        base = head.id if head is not None and rng.random() < 0.85 else rng.choice([*states, "x"])
+        if head is not None and base in states:
+            old = states[base]
+            changed = [file(p, size) for p, size in current.items() if old.get(p) != size]
+            removed = [p for p in old if p not in current]
+            try:
+                assert catalog.record_snapshot(record, changed, Changes(base, removed))
+                deltas += 1
+                assert base == head.id
+            except BaseNotLatest:
+                assert base != head.id
+                assert catalog.get_snapshot(sid) is None  # nothing was written
+                assert catalog.record_snapshot(record, [file(p, n) for p, n in current.items()])
+                fallbacks += 1
+        else:
+            assert catalog.record_snapshot(record, [file(p, n) for p, n in current.items()])
+        states[sid] = current
+        model[sid] = {(lineage[0], p, size) for p, size in current.items()}
+        if rng.random() < 0.3:
+            gone = rng.choice(sorted(model))
+            assert catalog.forget_snapshot(gone)
+            del model[gone]
+        found = catalog.find("*", limit=10**6)
+        assert sorted((h.snapshot_id, h.client, h.path, h.size) for h in found) == sorted(
+            (sid, client, path, size) for sid, rows in model.items() for client, path, size in rows
+        )
+    assert deltas >= 10 and fallbacks >= 1, (deltas, fallbacks)
 
 
 def test_the_same_snapshot_recorded_at_once_is_recorded_once(catalog: Catalog) -> None:

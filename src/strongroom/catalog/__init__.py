@@ -4,7 +4,7 @@ SQLite by default, PostgreSQL for fleets; everything in it can be rebuilt from t
 repositories. ``Catalog.open(url)`` is the way in; the records are plain dataclasses.
 """
 
-from strongroom.catalog.catalog import Catalog
+from strongroom.catalog.catalog import BaseNotLatest, Catalog, Changes
 from strongroom.catalog.errors import CatalogSchemaError, CatalogUnavailable, CatalogURLError
 from strongroom.catalog.records import (
     ClientRecord,
@@ -19,10 +19,12 @@ from strongroom.catalog.records import (
 )
 
 __all__ = [
+    "BaseNotLatest",
     "Catalog",
     "CatalogSchemaError",
     "CatalogURLError",
     "CatalogUnavailable",
+    "Changes",
     "ClientRecord",
     "FindHit",
     "Marker",

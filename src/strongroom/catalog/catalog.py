@@ -57,6 +57,22 @@ class _AlreadyRecorded(Exception):
     """Raised inside a transaction to roll it back: the snapshot is already known."""
 
 
+class BaseNotLatest(Exception):
+    """A snapshot's changes were given against a base that is not the lineage's last
+    recorded snapshot (another was recorded since, or the last one was forgotten):
+    record it with all its entries instead."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A snapshot's entries as changes against ``base``, the previous snapshot of its
+    lineage: the ``entries`` given with it are the new and changed ones, ``removed``
+    the paths that are gone."""
+
+    base: str
+    removed: Sequence[str]
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     path: str
@@ -464,14 +480,24 @@ class Catalog:
 
     # -- snapshots and the path index --------------------------------------------------
 
-    def record_snapshot(self, snapshot: SnapshotRecord, entries: Iterable[PathEntry]) -> bool:
+    def record_snapshot(
+        self,
+        snapshot: SnapshotRecord,
+        entries: Iterable[PathEntry],
+        changes: Changes | None = None,
+    ) -> bool:
         """Index a snapshot and its entries; False (and nothing changes) if already known.
 
         Each entry is compared with the previous snapshot of the same repository,
-        client and job: unchanged entries cost nothing, changed ones add a row.
+        client and job: unchanged entries cost nothing, changed ones add a row. With
+        ``changes``, ``entries`` are only the new and changed ones against the base
+        snapshot it names, which must be the lineage's last recorded one
+        (BaseNotLatest otherwise, and nothing changes): the other paths' rows are not
+        even read.
         """
         _aware(snapshot.time)
         index = _index_entries(entries)
+        removed = {_path_hash(_storable(path)) for path in changes.removed} if changes else set()
         recorded_at = self._now()
 
         def write(conn: Connection) -> bool:
@@ -479,6 +505,8 @@ class Catalog:
                 return False
             self._ensure_client(conn, snapshot.client, snapshot.time)
             lineage_id, seq = self._next_seq(conn, snapshot)
+            if changes is not None and self._at_seq(conn, lineage_id, seq - 1) != changes.base:
+                raise BaseNotLatest(changes.base)
             # Checked again under the lineage lock: a concurrent recorder may have won.
             if self._snapshot_exists(conn, snapshot.id):
                 raise _AlreadyRecorded
@@ -500,7 +528,10 @@ class Catalog:
                     recorded_at=recorded_at,
                 )
             )
-            fresh = self._close_changed(conn, lineage_id, seq, index)
+            if changes is None:
+                fresh = self._close_changed(conn, lineage_id, seq, index)
+            else:
+                fresh = self._close_listed(conn, lineage_id, seq, index, removed)
             path_ids = self._path_ids(conn, fresh)
             if fresh:
                 conn.execute(
@@ -797,6 +828,82 @@ class Catalog:
         ).one()
         return int(row.id), int(row.last_seq)
 
+    @staticmethod
+    def _at_seq(conn: Connection, lineage_id: int, seq: int) -> str | None:
+        s = t.snapshots
+        return conn.execute(
+            sa.select(s.c.id).where(s.c.lineage_id == lineage_id, s.c.seq == seq)
+        ).scalar()
+
+    def lineage_head(self, repository: str, client: str, job: str) -> SnapshotRecord | None:
+        """The last snapshot recorded in a lineage, if it is still there (not forgotten)."""
+        s, lin = t.snapshots, t.lineages
+        query = (
+            sa.select(s)
+            .join_from(s, lin, s.c.lineage_id == lin.c.id)
+            .where(
+                lin.c.repository == repository,
+                lin.c.client == client,
+                lin.c.job == job,
+                s.c.seq == lin.c.last_seq,
+            )
+        )
+
+        def read(conn: Connection) -> SnapshotRecord | None:
+            row = conn.execute(query).first()
+            return None if row is None else _snapshot(row)
+
+        return self._read(read)
+
+    def _close_listed(
+        self,
+        conn: Connection,
+        lineage_id: int,
+        seq: int,
+        index: dict[bytes, _Entry],
+        removed: set[bytes],
+    ) -> dict[bytes, _Entry]:
+        """``_close_changed`` for the paths named only: the new and changed entries
+        (``index``) and the removed paths; every other open row stays as it is."""
+        v, p = t.path_versions, t.paths
+        lookup = (
+            sa.select(v.c.id, p.c.path_hash, v.c.type, v.c.size, v.c.mtime_ns)
+            .join_from(v, p, v.c.path_id == p.c.id)
+            .where(
+                v.c.lineage_id == lineage_id,
+                v.c.last_seq == t.OPEN,
+                p.c.path_hash.in_(sa.bindparam("hashes", expanding=True)),
+            )
+        )
+        fresh = dict(index)
+        changed: list[int] = []
+        for chunk in _chunks(sorted(set(index) | removed)):
+            for row_id, path_hash, kind, size, mtime_ns in conn.execute(
+                lookup, {"hashes": list(chunk)}
+            ):
+                entry = fresh.get(bytes(path_hash))
+                if (
+                    entry is not None
+                    and entry.type == kind
+                    and entry.size == size
+                    and entry.mtime_ns == mtime_ns
+                ):
+                    del fresh[bytes(path_hash)]
+                else:
+                    changed.append(row_id)
+        self._close_rows(conn, seq, changed)
+        return fresh
+
+    def _close_rows(self, conn: Connection, seq: int, ids: list[int]) -> None:
+        v = t.path_versions
+        close = (
+            sa.update(v)
+            .where(v.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(last_seq=seq - 1)
+        )
+        for chunk in _chunks(ids):
+            conn.execute(close, {"ids": chunk})
+
     def _close_changed(
         self, conn: Connection, lineage_id: int, seq: int, index: dict[bytes, _Entry]
     ) -> dict[bytes, _Entry]:
@@ -825,13 +932,7 @@ class Catalog:
                 del fresh[key]
             else:
                 changed.append(row_id)
-        close = (
-            sa.update(v)
-            .where(v.c.id.in_(sa.bindparam("ids", expanding=True)))
-            .values(last_seq=seq - 1)
-        )
-        for ids in _chunks(changed):
-            conn.execute(close, {"ids": ids})
+        self._close_rows(conn, seq, changed)
         return fresh
 
     def _path_ids(self, conn: Connection, entries: dict[bytes, _Entry]) -> dict[bytes, int]:

@@ -21,13 +21,21 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.backend import open_backend
-from strongroom.catalog import Catalog, PathEntry, RunCounters, RunStatus, SnapshotRecord
+from strongroom.catalog import (
+    BaseNotLatest,
+    Catalog,
+    Changes,
+    PathEntry,
+    RunCounters,
+    RunStatus,
+    SnapshotRecord,
+)
 from strongroom.clock import Clock
 from strongroom.config import Config, JobSpec
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
-from strongroom.engine.walk import walk
+from strongroom.engine.walk import changes, walk
 from strongroom.engine.workers import Worker, Workers
 from strongroom.errors import (
     EXIT_CLIENT_UNREACHABLE,
@@ -48,7 +56,7 @@ from strongroom.jobs.notifier import Notifier
 from strongroom.jobs.preflight import agent_command_line, preflight, run_command
 from strongroom.jobs.streams import client_streams, director_streams
 from strongroom.notify.event import redact
-from strongroom.repository import Repository, Snapshot
+from strongroom.repository import Node, Repository, Snapshot
 from strongroom.repository.locks import RepositoryLock
 
 
@@ -417,10 +425,27 @@ class Director:
         return result.snapshot, result.warnings
 
     def _index_snapshot(self, repo: Repository, repo_name: str, snapshot: Snapshot) -> None:
-        """Record the snapshot and its paths in the catalog, for `find` across the fleet."""
-        self.catalog.record_snapshot(
-            snapshot_record(repo_name, snapshot), path_entries(repo, snapshot)
-        )
+        """Record the snapshot and its paths in the catalog, for `find` across the fleet:
+        as changes against the lineage's last recorded snapshot when there is one (its
+        unchanged subtrees are not even read), else every entry."""
+        record = snapshot_record(repo_name, snapshot)
+        head = self.catalog.lineage_head(repo_name, snapshot.client, snapshot.job)
+        if head is not None and head.id != snapshot.id:
+            try:
+                changed, removed = changes(repo, bytes.fromhex(head.tree), snapshot.tree)
+            except (StrongroomError, ValueError):
+                pass  # the base's trees are gone or damaged: record every entry
+            else:
+                try:
+                    self.catalog.record_snapshot(
+                        record,
+                        [_path_entry(path, node) for path, node in changed],
+                        Changes(head.id, [display_path(path) for path in removed]),
+                    )
+                    return
+                except BaseNotLatest:
+                    pass  # another snapshot was recorded (or forgotten) meanwhile
+        self.catalog.record_snapshot(record, path_entries(repo, snapshot))
 
 
 def _request_fields(spec: JobSpec) -> dict[str, Any]:
@@ -453,15 +478,16 @@ def snapshot_record(repo_name: str, snapshot: Snapshot) -> SnapshotRecord:
 
 
 def path_entries(repo: Repository, snapshot: Snapshot) -> list[PathEntry]:
-    return [
-        PathEntry(
-            path=display_path(path),
-            type=node.type,
-            size=node.size,
-            mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),
-        )
-        for path, node in walk(repo, snapshot.tree)
-    ]
+    return [_path_entry(path, node) for path, node in walk(repo, snapshot.tree)]
+
+
+def _path_entry(path: bytes, node: Node) -> PathEntry:
+    return PathEntry(
+        path=display_path(path),
+        type=node.type,
+        size=node.size,
+        mtime=datetime.fromtimestamp(node.mtime_ns / 1e9, UTC),
+    )
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
