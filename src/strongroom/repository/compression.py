@@ -90,9 +90,13 @@ def decompress_transient(data: bytes | memoryview, expected_size: int, what: str
     """``decompress`` into a buffer this thread reuses: the view is valid until the
     thread's next call. A fresh output buffer per frame costs page faults and zeroing
     (twice the decompression itself for 1 MiB frames). For frames up to CHECK_BUFFER
-    bytes."""
+    bytes; up to PIECE bytes, a new small buffer (``decompress``)."""
     if expected_size > CHECK_BUFFER:
         raise ValueError("frame too big for the reused buffer")
+    if expected_size <= PIECE:
+        # One call: a stream reader's set-up costs more than a small frame's
+        # decompression (15% of it), and a small buffer comes from the heap.
+        return memoryview(decompress(data, expected_size, what))
     buffer = thread_buffer("check_buffer", CHECK_BUFFER + 1)
     decompressor = _decompressor()
     # One byte of room past the expected size, so that a frame with more is seen.
