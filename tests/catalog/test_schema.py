@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,19 @@ def test_an_unmigrated_catalog_is_refused_with_a_hint_to_migrate(catalog_url: st
     assert "no schema" in str(caught.value)
     assert "strongroom catalog migrate" in caught.value.hint
     assert "alembic_version" not in tables(catalog_url)
+
+
+def test_the_head_revision_is_alembics() -> None:
+    """The constant that spares every command importing Alembic names its newest
+    migration; and opening a catalog imports no Alembic."""
+    assert migrate_module._scripts().get_current_head() == migrate_module.HEAD_REVISION
+    probe = (
+        "import sys, tempfile; from strongroom.catalog import Catalog; "
+        "c = Catalog.open(f'sqlite:///{tempfile.mkdtemp()}/c.db', check_schema=False); "
+        "c.schema_revision(); print(any(m.startswith('alembic') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_migrate_is_idempotent(catalog_url: str) -> None:
