@@ -203,4 +203,8 @@ def main() -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
+    # The interpreter's last cycle collection walks every object still alive (a
+    # backup's trees, ids and caches): 0.17-0.21 s after a first backup. Nothing is
+    # left to collect that matters; frozen objects are still freed as usual.
+    gc.freeze()
     sys.exit(code)
