@@ -262,6 +262,25 @@ def test_forget_removes_a_snapshot_and_only_its_own_rows(catalog: Catalog) -> No
     assert count(catalog, path_versions) == 0
 
 
+def _night(
+    rng: random.Random, pool: list[str], last: dict[tuple[str, str], dict[str, int]]
+) -> tuple[tuple[str, str], dict[str, int]]:
+    """A random lineage's next night: its last entries (path -> size) with a few gone,
+    resized (sizes repeat, so versions come back) or added; kept in ``last``."""
+    lineage = (rng.choice(["web1", "web2"]), rng.choice(["default", "sql"]))
+    current = dict(last.get(lineage, {p: 0 for p in rng.sample(pool, 8)}))
+    for path in rng.sample(pool, 4):
+        roll = rng.random()
+        if roll < 0.3:
+            current.pop(path, None)
+        elif roll < 0.6:
+            current[path] = rng.randint(0, 2)
+        else:
+            current.setdefault(path, 0)
+    last[lineage] = current
+    return lineage, current
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_index_agrees_with_a_plain_model_through_records_and_forgets(
     catalog: Catalog, seed: int
@@ -273,17 +292,7 @@ def test_the_index_agrees_with_a_plain_model_through_records_and_forgets(
     model: dict[str, set[tuple[str, str, int]]] = {}
     state: dict[tuple[str, str], dict[str, int]] = {}
     for step in range(36):
-        lineage = (rng.choice(["web1", "web2"]), rng.choice(["default", "sql"]))
-        current = dict(state.get(lineage, {p: 0 for p in rng.sample(pool, 8)}))
-        for path in rng.sample(pool, 4):
-            roll = rng.random()
-            if roll < 0.3:
-                current.pop(path, None)
-            elif roll < 0.6:
-                current[path] = rng.randint(0, 2)  # sizes repeat: versions come back
-            else:
-                current.setdefault(path, 0)
-        state[lineage] = current
+        lineage, current = _night(rng, pool, state)
         sid = f"s{step:02d}"
         entries = [file(p, size) for p, size in current.items()]
         assert catalog.record_snapshot(snap(sid, lineage[0], step, job=lineage[1]), entries)
@@ -316,17 +325,7 @@ def test_snapshots_recorded_as_changes_agree_with_a_plain_model(
     last: dict[tuple[str, str], dict[str, int]] = {}
     fallbacks = deltas = 0
     for step in range(40):
-        lineage = (rng.choice(["web1", "web2"]), rng.choice(["default", "sql"]))
-        current = dict(last.get(lineage, {p: 0 for p in rng.sample(pool, 8)}))
-        for path in rng.sample(pool, 4):
-            roll = rng.random()
-            if roll < 0.3:
-                current.pop(path, None)
-            elif roll < 0.6:
-                current[path] = rng.randint(0, 2)
-            else:
-                current.setdefault(path, 0)
-        last[lineage] = current
+        lineage, current = _night(rng, pool, last)
         sid = f"s{step:02d}"
         record = snap(sid, lineage[0], step, job=lineage[1])
         head = catalog.lineage_head("main", *lineage)

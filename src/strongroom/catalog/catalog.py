@@ -603,7 +603,10 @@ class Catalog:
         return sum(self.forget_snapshot(snapshot_id) for snapshot_id in snapshot_ids)
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
-        query = sa.select(t.snapshots).where(t.snapshots.c.id == snapshot_id)
+        return self._snapshot_by(sa.select(t.snapshots).where(t.snapshots.c.id == snapshot_id))
+
+    def _snapshot_by(self, query: sa.Select[Any]) -> SnapshotRecord | None:
+        """The snapshot a query selects (its first row), or None."""
 
         def read(conn: Connection) -> SnapshotRecord | None:
             row = conn.execute(query).first()
@@ -842,12 +845,7 @@ class Catalog:
                 s.c.seq == lin.c.last_seq,
             )
         )
-
-        def read(conn: Connection) -> SnapshotRecord | None:
-            row = conn.execute(query).first()
-            return None if row is None else _snapshot(row)
-
-        return self._read(read)
+        return self._snapshot_by(query)
 
     def _close_listed(
         self,
