@@ -692,19 +692,21 @@ def test_blobs_stored_twice_are_kept_once_and_nothing_is_lost(lab: Lab, tmp_path
 
 def test_a_blob_whose_only_copies_are_gone_stops_prune(lab: Lab, tmp_path: Path) -> None:
     kept = lab.backup(tree(tmp_path / "kept", 2))
-    trees = pack_ids_of(lab, kept)
-    copy = copy_blobs(lab, kept, (DATA,))
-    data = pack_ids_of(lab, kept) - trees  # the file's blobs: found first in the copy
+    # The packs of the file data, found before any copy exists (afterwards the index
+    # names whichever copy its files list first).
     repo = lab.open()
     repo.load_index()
+    data: set[str] = set()
     for _, node in walk(repo, repo.load_snapshot(kept).tree):
         for bid in node.content:
             if isinstance(bid, bytes):
                 location = repo.lookup(bid)
                 assert location is not None
                 data.add(location.pack_id)
-    # Every data pack goes, copies and originals; the trees stay readable, so it is the
-    # count of lost blobs that stops the run.
+    copy = copy_blobs(lab, kept, (DATA,))
+    assert copy not in data
+    # Every data pack goes, copies and originals; the trees (in packs of their own) stay
+    # readable, so it is the count of lost blobs that stops the run.
     for pack_id in data | {copy}:
         (lab.path / pack_name(pack_id)).unlink()
     before = lab.files()
