@@ -964,7 +964,7 @@ def test_a_local_run_backs_up_through_worker_processes(tmp_path: Path, clients: 
     assert all(s["exit_code"] == 0 for s in summaries), summaries
     worker_files = {f for b in run.worker_batches() for f in b["files"]}
     if clients == 1:
-        assert len(worker_files) >= 100, f"the worker backed up {len(worker_files)} files"
+        assert len(worker_files) >= 20, f"the worker backed up {len(worker_files)} files"
         assert all(f.startswith(str(sources["c0"])) for f in worker_files)
     else:
         assert not worker_files
