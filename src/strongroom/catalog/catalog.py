@@ -528,10 +528,8 @@ class Catalog:
                     recorded_at=recorded_at,
                 )
             )
-            if changes is None:
-                fresh = self._close_changed(conn, lineage_id, seq, index)
-            else:
-                fresh = self._close_listed(conn, lineage_id, seq, index, removed)
+            listed = None if changes is None else set(index) | removed
+            fresh = self._close_changed(conn, lineage_id, seq, index, listed)
             path_ids = self._path_ids(conn, fresh)
             self._driver_many(
                 conn,
@@ -847,84 +845,56 @@ class Catalog:
         )
         return self._snapshot_by(query)
 
-    def _close_listed(
+    def _close_changed(
         self,
         conn: Connection,
         lineage_id: int,
         seq: int,
         index: dict[bytes, _Entry],
-        removed: set[bytes],
+        listed: set[bytes] | None = None,
     ) -> dict[bytes, _Entry]:
-        """``_close_changed`` for the paths named only: the new and changed entries
-        (``index``) and the removed paths; every other open row stays as it is."""
+        """Close the open rows of entries changed or gone since the lineage's previous
+        snapshot (they end at ``seq - 1``); returns the entries that need new rows.
+
+        Unchanged entries cost nothing: their rows are open and so already cover ``seq``.
+        With ``listed`` (path hashes: the new and changed entries and the removed
+        paths), only those paths' open rows are read; every other one stays as it is.
+        """
         v, p = t.path_versions, t.paths
-        lookup = (
+        query = (
             sa.select(v.c.id, p.c.path_hash, v.c.type, v.c.size, v.c.mtime_ns)
             .join_from(v, p, v.c.path_id == p.c.id)
-            .where(
-                v.c.lineage_id == lineage_id,
-                v.c.last_seq == t.OPEN,
-                p.c.path_hash.in_(sa.bindparam("hashes", expanding=True)),
-            )
+            .where(v.c.lineage_id == lineage_id, v.c.last_seq == t.OPEN)
         )
+        if listed is None:
+            batches: Iterable[Iterable[Any]] = [conn.execute(query).all()]
+        else:
+            lookup = query.where(p.c.path_hash.in_(sa.bindparam("hashes", expanding=True)))
+            batches = (
+                conn.execute(lookup, {"hashes": list(chunk)}) for chunk in _chunks(sorted(listed))
+            )
         fresh = dict(index)
         changed: list[int] = []
-        for chunk in _chunks(sorted(set(index) | removed)):
-            for row_id, path_hash, kind, size, mtime_ns in conn.execute(
-                lookup, {"hashes": list(chunk)}
-            ):
-                entry = fresh.get(bytes(path_hash))
+        for rows in batches:
+            for row_id, path_hash, kind, size, mtime_ns in rows:
+                key = bytes(path_hash)
+                entry = fresh.get(key)
                 if (
                     entry is not None
                     and entry.type == kind
                     and entry.size == size
                     and entry.mtime_ns == mtime_ns
                 ):
-                    del fresh[bytes(path_hash)]
+                    del fresh[key]
                 else:
                     changed.append(row_id)
-        self._close_rows(conn, seq, changed)
-        return fresh
-
-    def _close_rows(self, conn: Connection, seq: int, ids: list[int]) -> None:
-        v = t.path_versions
         close = (
             sa.update(v)
             .where(v.c.id.in_(sa.bindparam("ids", expanding=True)))
             .values(last_seq=seq - 1)
         )
-        for chunk in _chunks(ids):
-            conn.execute(close, {"ids": chunk})
-
-    def _close_changed(
-        self, conn: Connection, lineage_id: int, seq: int, index: dict[bytes, _Entry]
-    ) -> dict[bytes, _Entry]:
-        """Close the open rows of entries changed or gone since the lineage's previous
-        snapshot (they end at ``seq - 1``); returns the entries that need new rows.
-
-        Unchanged entries cost nothing: their rows are open and so already cover ``seq``.
-        """
-        v, p = t.path_versions, t.paths
-        open_rows = conn.execute(
-            sa.select(v.c.id, p.c.path_hash, v.c.type, v.c.size, v.c.mtime_ns)
-            .join_from(v, p, v.c.path_id == p.c.id)
-            .where(v.c.lineage_id == lineage_id, v.c.last_seq == t.OPEN)
-        )
-        fresh = dict(index)
-        changed: list[int] = []
-        for row_id, path_hash, kind, size, mtime_ns in open_rows.all():
-            key = bytes(path_hash)
-            entry = fresh.get(key)
-            if (
-                entry is not None
-                and entry.type == kind
-                and entry.size == size
-                and entry.mtime_ns == mtime_ns
-            ):
-                del fresh[key]
-            else:
-                changed.append(row_id)
-        self._close_rows(conn, seq, changed)
+        for ids in _chunks(changed):
+            conn.execute(close, {"ids": ids})
         return fresh
 
     def _path_ids(self, conn: Connection, entries: dict[bytes, _Entry]) -> dict[bytes, int]:
