@@ -194,6 +194,12 @@ class Worker:
             pass
 
 
+def file_threads(lanes: Sequence[Worker]) -> int:
+    """How many threads of this process read or write files beside ``lanes``: one per
+    core the worker processes leave, at least one when there is no worker."""
+    return max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes))
+
+
 def lane_slots(lanes: Sequence[Worker]) -> list[Worker]:
     """Each worker, once for every pool thread that is to feed it (LANE_THREADS)."""
     return [lane for lane in lanes for _ in range(LANE_THREADS)]

@@ -36,7 +36,7 @@ from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.fsmeta import display_path
 from strongroom.engine.walk import changes, walk
-from strongroom.engine.workers import Worker, Workers
+from strongroom.engine.workers import Worker, Workers, file_threads
 from strongroom.errors import (
     EXIT_CLIENT_UNREACHABLE,
     EXIT_FATAL,
@@ -386,7 +386,7 @@ class Director:
         lanes = self._take_workers(repo, spec.repository)
         archiver = Archiver(
             repo, self.clock, cache, before_commit=lock.ensure_valid, lanes=lanes,
-            workers=max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes)),
+            workers=file_threads(lanes),
         )  # fmt: skip
         result = archiver.backup(
             BackupRequest(

@@ -111,7 +111,7 @@ def _backup(
     from strongroom.engine.files_cache import FilesCache
     from strongroom.engine.fsmeta import display_path
     from strongroom.engine.streams import stream_path
-    from strongroom.engine.workers import Workers
+    from strongroom.engine.workers import Workers, file_threads
 
     request = BackupRequest(
         paths=paths,
@@ -143,7 +143,7 @@ def _backup(
             progress,
             before_commit=app.lock.ensure_valid if app.lock else None,
             scanner=scanner,
-            workers=max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes)),
+            workers=file_threads(lanes),
             lanes=lanes,
         )
         result = archiver.backup(request)

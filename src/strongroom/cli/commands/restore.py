@@ -8,7 +8,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.engine.restorer import Restorer, RestoreRequest, RestoreResult
-from strongroom.engine.workers import Workers
+from strongroom.engine.workers import Workers, file_threads
 from strongroom.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_WARNINGS
 from strongroom.repository import Repository, Snapshot
 
@@ -49,7 +49,7 @@ def restore_command(
             result = _restore_on_client(app, repo, snap, to_client, request)
         else:
             lanes = workers.for_restore(repo, url)
-            threads = max(0 if lanes else 1, (os.cpu_count() or 1) - len(lanes))
+            threads = file_threads(lanes)
             result = Restorer(repo, workers=threads, lanes=lanes).restore(snap, request)
     for w in result.warnings:
         app.warn(w)
