@@ -48,7 +48,7 @@ from strongroom.repository.gc import (
     read_markers,
     save_marker,
 )
-from strongroom.repository.index import RawBlob, Table
+from strongroom.repository.index import RECORD, ChunkIndex, RawBlob, Table, pack_meta
 from strongroom.repository.locks import LockInfo, RepositoryLock
 from strongroom.repository.pack import PackEntry, PackWriter, cipher_for, open_blob, pack_name
 from strongroom.repository.pack import read_header as read_pack_header
@@ -126,32 +126,30 @@ MISSING_KEPT = 1000
 
 
 class _Ledger:
-    """Every blob the index files name, in the chunk index's hash table (16-byte id
-    prefix, pack number, stored length: ~45 bytes a blob) with a byte of marks each,
-    instead of sets and dicts of ids (~450 bytes a blob). A blob held by more than one
-    pack (after a crash, or a repack) has its copies in a dict: few."""
+    """Every blob the index files name, in a chunk index (16-byte id prefix, pack
+    number, stored length: ~45 bytes a blob) whose table keeps a byte of marks per
+    blob, instead of sets and dicts of ids (~450 bytes a blob). A blob held by more
+    than one pack (after a crash, or a repack) has its copies in a dict: few."""
 
     def __init__(self) -> None:
-        self.table = Table(1024)
-        self.pack_ids: list[str] = []
-        self._numbers: dict[str, int] = {}
+        self.index = ChunkIndex(table=Table)
+        self.table = self.index.table
         self.stored: list[int] = []  # per pack number: stored bytes of its indexed blobs
         self.copies: dict[bytes, list[int]] = {}  # key -> [pack_no, length, pack_no, ...]
 
     @property
+    def pack_ids(self) -> list[str]:
+        return self.index.packs
+
+    @property
     def memory_bytes(self) -> int:
-        return self.table.nbytes + 120 * len(self.copies)
+        return self.index.memory_bytes + 120 * len(self.copies)
 
     def number(self, pack_id: str) -> int:
-        number = self._numbers.get(pack_id)
-        if number is None:
-            number = self._numbers[pack_id] = len(self.pack_ids)
-            self.pack_ids.append(pack_id)
+        number = self.index.pack_number(pack_id)
+        if number == len(self.stored):
             self.stored.append(0)
         return number
-
-    def number_of(self, pack_id: str) -> int | None:
-        return self._numbers.get(pack_id)
 
     def add(self, pack_id: str, blobs: list[RawBlob]) -> None:
         """A pack's entries in an index file (validated tuples); a blob a pack holds is
@@ -162,9 +160,8 @@ class _Ledger:
             key = bid[:16]
             found = table.get(key)
             if found is None:
-                table.put(
-                    key, number, offset, length, raw_length | btype << 24 | flags << 28, False
-                )
+                meta = pack_meta(btype, raw_length, flags)
+                table.put(key, number, offset, length, meta, False)
             else:
                 copies = copies_of.get(key)
                 if copies is None:
@@ -182,9 +179,8 @@ class _Ledger:
         """A repacked blob: its new pack is now its only copy that counts (the old one
         is deleted or marked)."""
         number = self.number(pack_id)
+        self.index.add(pack_id, entry, replace=True)
         key = entry.id[:16]
-        meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
-        self.table.put(key, number, entry.offset, entry.length, meta, True)
         if key in self.copies:
             self.copies[key] = [number, entry.length]
         self.stored[number] += entry.length
@@ -305,11 +301,7 @@ class _View:
         """For each referenced blob, the pack that keeps it: the only one that holds
         it, or one already kept for another blob, or one outside ``avoid``."""
         ledger = self.blobs
-        present = bytearray(len(ledger.pack_ids))
-        for pack_id in self.packs:
-            number = ledger.number_of(pack_id)
-            if number is not None:
-                present[number] = 1
+        present = ledger.index.pack_flags(self.packs)
         # Blobs in one pack, summed in C; a pack that is gone loses them.
         used, lost, lost_keys = ledger.table.usage(present, REFERENCED, SEVERAL, MISSING_SAMPLE)
         missing = self._missing_count + lost
@@ -353,23 +345,17 @@ class _View:
     def kept_in(self, keep: _Keep, pack_ids: list[str]) -> Iterable[tuple[str, set[bytes]]]:
         """Each of ``pack_ids`` (in pack number order) with the keys of the blobs it
         keeps; the keys come out of the table as 20-byte records, not as a set of all."""
-        ledger = self.blobs
-        flags = bytearray(len(ledger.pack_ids))
-        numbers = sorted(n for p in pack_ids if (n := ledger.number_of(p)) is not None)
-        for n in numbers:
-            flags[n] = 1
+        index = self.blobs.index
+        numbers = sorted(n for p in pack_ids if (n := index.number_of(p)) is not None)
         extra: dict[int, set[bytes]] = {}
         for key, n in keep.chosen.items():
-            if flags[n]:
-                extra.setdefault(n, set()).add(key)
-        records = memoryview(ledger.table.select(flags, REFERENCED, SEVERAL))
-        at = 0
+            extra.setdefault(n, set()).add(key)
+        records = index.keys_in(pack_ids, REFERENCED, SEVERAL)
         for n in numbers:
+            pack_id = index.packs[n]
             keys = extra.get(n, set())
-            while at < len(records) and int.from_bytes(records[at : at + 4], "little") == n:
-                keys.add(bytes(records[at + 4 : at + 20]))
-                at += 20
-            yield ledger.pack_ids[n], keys
+            keys.update(key for _, key in RECORD.iter_unpack(records.get(pack_id, b"")))
+            yield pack_id, keys
 
 
 def _pack_id(info: ObjectInfo) -> str | None:

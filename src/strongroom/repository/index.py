@@ -159,7 +159,7 @@ class PyTable:
                 if stored == EMPTY:
                     pack_into(
                         buf, pos, key, pack_no, offset, length,
-                        raw_length | (btype << 24) | (flags << 28),
+                        pack_meta(btype, raw_length, flags),
                     )  # fmt: skip
                     added += 1
                     break
@@ -263,6 +263,11 @@ else:
     NATIVE = True
 
 
+def pack_meta(blob_type: int, raw_length: int, flags: int) -> int:
+    """A slot's last field: the raw length, with the type and flags in its top byte."""
+    return raw_length | (blob_type << 24) | (flags << 28)
+
+
 def _location(pack_id: str, offset: int, length: int, meta: int) -> BlobLocation:
     return BlobLocation(pack_id, (meta >> 24) & 15, offset, length, meta & RAW_MASK, meta >> 28)
 
@@ -289,6 +294,25 @@ class ChunkIndex:
     def memory_bytes(self) -> int:
         return self._table.nbytes + sum(49 + 8 for _ in self.packs)
 
+    @property
+    def table(self) -> HashTable:
+        """The hash table itself (a collector marks blobs in it)."""
+        return self._table
+
+    def number_of(self, pack_id: str) -> int | None:
+        """The pack's number, if the index knows the pack."""
+        return self._pack_numbers.get(pack_id)
+
+    def pack_flags(self, pack_ids: Iterable[str]) -> bytearray:
+        """A byte per pack number, 1 for each of ``pack_ids`` the index knows (what the
+        table's ``usage`` and ``select`` take)."""
+        flags = bytearray(len(self.packs))
+        for pack_id in pack_ids:
+            number = self._pack_numbers.get(pack_id)
+            if number is not None:
+                flags[number] = 1
+        return flags
+
     def pack_number(self, pack_id: str) -> int:
         number = self._pack_numbers.get(pack_id)
         if number is None:
@@ -303,7 +327,7 @@ class ChunkIndex:
             raise IntegrityError("index entry out of range")
         if not replace and entry.id in self._table:
             return  # first copy wins; duplicates (after a crash) are harmless
-        packed_meta = entry.raw_length | (entry.type << 24) | (entry.flags << 28)
+        packed_meta = pack_meta(entry.type, entry.raw_length, entry.flags)
         try:
             self._table.put(
                 entry.id, self.pack_number(pack_id), entry.offset, entry.length, packed_meta,
@@ -335,16 +359,14 @@ class ChunkIndex:
     def __contains__(self, bid: bytes) -> bool:
         return bid in self._table
 
-    def keys_in(self, pack_ids: Iterable[str]) -> dict[str, memoryview]:
-        """The 16-byte keys of the blobs each of these packs holds, as 20-byte records
-        (the pack's number, then the key: ``RECORD``), one view per pack of one buffer
-        (``Table.select``: 20 bytes a blob, not an object per blob)."""
-        flags = bytearray(len(self.packs))
-        for pack_id in pack_ids:
-            number = self._pack_numbers.get(pack_id)
-            if number is not None:
-                flags[number] = 1
-        records = memoryview(self._table.select(flags, 0, 0))
+    def keys_in(
+        self, pack_ids: Iterable[str], required: int = 0, excluded: int = 0
+    ) -> dict[str, memoryview]:
+        """The 16-byte keys of the blobs each of these packs holds (those whose marks
+        hold all of ``required`` and none of ``excluded``), as 20-byte records (the
+        pack's number, then the key: ``RECORD``), one view per pack that has any, of one
+        buffer (``Table.select``: 20 bytes a blob, not an object per blob)."""
+        records = memoryview(self._table.select(self.pack_flags(pack_ids), required, excluded))
         count = len(records) // RECORD.size
 
         def pack_at(i: int) -> int:
