@@ -3,8 +3,9 @@
 The walk runs on the calling thread, fed by scanner threads that list and stat the
 directories just ahead of it, so cold metadata reads overlap. Files that must be read
 go to worker threads in batches: a worker opens a batch's files and asks the kernel to
-read them ahead (posix_fadvise), then reads, chunks, hashes, compresses and encrypts
-each (the libraries release the GIL), filling its own pack. Trees are finished in
+read the small ones ahead (posix_fadvise; big ones are read around the page cache, a
+few blocks ahead: engine/direct.py), then reads, chunks, hashes, compresses and
+encrypts each (the libraries release the GIL), filling its own pack. Trees are finished in
 post-order once their files are done, so only a bounded amount of work is in flight.
 Streams (a command's output, see engine/streams.py) are read by workers too, alongside
 the walk, and stored as files below /stdin.
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 from strongroom.clock import Clock
 from strongroom.engine import scanproc
+from strongroom.engine.direct import ReadBuffers, open_direct
 from strongroom.engine.files_cache import CachedFile, FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
 from strongroom.engine.scan import Scanner
@@ -56,8 +58,10 @@ TREE_BATCH_BYTES = 1 << 20
 # One worker task: enough files to keep the disk busy, few enough to spread the work.
 BATCH_FILES = 128
 BATCH_BYTES = 8 << 20
-# Read-ahead asked for per file: the whole of a small file, the start of a big one.
-READAHEAD_BYTES = 16 << 20
+# Files up to this size are asked to be read ahead, whole, when their batch opens
+# them; bigger ones are read around the page cache, a few blocks ahead of the
+# chunker (engine/direct.py): a direct read of a small file would wait for the disk.
+DIRECT_MIN = 1 << 20
 # Files modified this close to being read are not trusted to the files cache: file
 # timestamps move in ticks (a few ms on Linux, 2 s on FAT), as in git's "racy clean".
 RACY_WINDOW_NS = 2_000_000_000
@@ -305,6 +309,12 @@ class Archiver:
             self._local.chunker = chunker
         return chunker
 
+    def _read_buffers(self) -> ReadBuffers:
+        buffers: ReadBuffers | None = getattr(self._local, "read_buffers", None)
+        if buffers is None:
+            buffers = self._local.read_buffers = ReadBuffers()
+        return buffers
+
     def _add_chunks(
         self,
         groups: Iterable[list[memoryview]],
@@ -362,6 +372,12 @@ class Archiver:
                 if size > pos:
                     content.append(size - pos)
                 return content, read
+        if size > DIRECT_MIN and (reader := open_direct(fd, self._read_buffers())) is not None:
+            with reader:
+                read = self._add_chunks(
+                    chunker.split_groups(reader), content, counts, new_file=new_file
+                )
+            return content, read
         with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
             read = self._add_chunks(
                 chunker.split_groups(stream), content, counts, new_file=new_file
@@ -550,10 +566,9 @@ class Archiver:
                 pending.ok = False
                 fds.append(None)
                 continue
-            if pending.node.size:
+            if 0 < pending.node.size <= DIRECT_MIN:  # bigger ones: see engine/direct.py
                 try:
-                    size = min(pending.node.size, READAHEAD_BYTES)
-                    os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+                    os.posix_fadvise(fd, 0, pending.node.size, os.POSIX_FADV_WILLNEED)
                 except OSError:
                     pass  # only a hint
             fds.append(fd)

@@ -1,0 +1,215 @@
+"""Reading big files around the page cache: O_DIRECT, a few blocks ahead.
+
+A buffered read makes the kernel allocate page-cache pages, charge them, fill them,
+copy them out and later reclaim them. On the VMs the benchmark runs on that costs
+~1.2 s of CPU per GB read (cold, 8 MiB reads); a direct read costs ~0.2 s, and copying
+each block into the chunker's buffer here ~0.1 s more (docs/performance.md, "A seventh
+host"). The page cache also stays the server's: a nightly backup no longer evicts
+its working set with data read once.
+
+A direct read waits for the disk (the kernel reads nothing ahead for it), so a
+thread of this process reads AHEAD blocks ahead of the consumer. Blocks are BLOCK
+bytes at offsets that are multiples of BLOCK, into page-aligned buffers: the
+alignment O_DIRECT asks for. A file is read buffered, as before, when:
+
+- half or more of it is already in the page cache (cachestat(2)): a file just
+  written, such as a database dump, is read from memory and not from the disk again;
+- the file system refuses O_DIRECT (fcntl fails), or a direct read fails with EINVAL
+  (an alignment it does not accept): the rest of the file is then read buffered from
+  where the direct reads stopped.
+
+A read that comes back short is the end of the file: blocks read after it are
+dropped, even if the file grew in between (the archiver's fstat after the read flags
+a file that changed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+BLOCK = 1 << 20
+AHEAD = 3  # blocks being read while one is consumed
+# Threads that do the reads, per process (their reads wait for the disk, not for CPU).
+READ_THREADS = 2
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+_executor_lock = threading.Lock()
+
+
+def _reads() -> ThreadPoolExecutor:
+    """This process's read threads, started on first use (a forked child starts its
+    own: the parent's threads are not copied)."""
+    global _executor, _executor_pid
+    with _executor_lock:
+        if _executor is None or _executor_pid != os.getpid():
+            _executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="strongroom-read")
+            _executor_pid = os.getpid()
+        return _executor
+
+
+class ReadBuffers:
+    """The aligned block buffers of one reading thread, kept for its life (fresh
+    buffers per file would be zeroed and faulted in each time)."""
+
+    def __init__(self) -> None:
+        self.blocks = [mmap.mmap(-1, BLOCK) for _ in range(AHEAD + 1)]
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
+    ]
+
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)  # Linux's; elsewhere every read is buffered
+_SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5 and later)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def cached(fd: int) -> bool:
+    """Whether half or more of the file's pages are in the page cache (cachestat(2),
+    which reads nothing; a probing read would start the kernel's read-ahead). False
+    where the kernel cannot tell (before Linux 6.5)."""
+    stat = _Cachestat()
+    if _libc.syscall(
+        _SYS_CACHESTAT, fd, ctypes.byref(_CachestatRange(0, 0)), ctypes.byref(stat), 0
+    ):
+        return False
+    return bool(stat.cache * mmap.PAGESIZE * 2 >= os.fstat(fd).st_size > 0)
+
+
+def open_direct(fd: int, buffers: ReadBuffers) -> DirectReader | None:
+    """A direct reader of ``fd`` from its start, or None when the file is cached or the
+    file system refuses O_DIRECT (read it buffered)."""
+    if not _O_DIRECT or cached(fd):
+        return None
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError:
+        return None
+    return DirectReader(fd, buffers)
+
+
+class DirectReader:
+    """``readinto`` over a file opened for direct reads, AHEAD blocks read ahead.
+
+    Use it as a context manager: leaving waits for the reads still running (their
+    buffers are the next file's) and clears O_DIRECT.
+    """
+
+    def __init__(self, fd: int, buffers: ReadBuffers) -> None:
+        self._fd = fd
+        self._free = list(buffers.blocks)
+        self._pending: deque[tuple[Future[int], mmap.mmap]] = deque()
+        self._next = 0  # offset of the next block to ask for
+        self._pos = 0  # offset of the next byte readinto returns
+        self._block: memoryview | None = None  # the block being consumed, and its end
+        self._block_at = self._block_end = 0
+        self._block_buffer: mmap.mmap | None = None
+        self._end = False  # a short read was seen: nothing after it is asked for
+        self._buffered = False  # O_DIRECT was refused: read the rest with plain preadv
+        for _ in range(AHEAD):
+            self._ask()
+
+    def _ask(self) -> None:
+        if self._end or self._buffered or not self._free or len(self._pending) >= AHEAD:
+            return
+        buffer = self._free.pop()
+        future = _reads().submit(os.preadv, self._fd, [buffer], self._next)
+        self._pending.append((future, buffer))
+        self._next += BLOCK
+
+    def readinto(self, dest: memoryview) -> int:
+        if (self._block is None or self._block_at >= self._block_end) and not self._take():
+            return 0
+        assert self._block is not None
+        n = min(len(dest), self._block_end - self._block_at)
+        dest[:n] = self._block[self._block_at : self._block_at + n]
+        self._block_at += n
+        self._pos += n
+        return n
+
+    def _take(self) -> bool:
+        """Make the next block current; False at the end of the file."""
+        if self._block_buffer is not None:
+            self._free.append(self._block_buffer)
+            self._block = self._block_buffer = None
+        if self._buffered:
+            return self._take_buffered()
+        if self._end or not self._pending:
+            self._drain()  # blocks after a short one are not the file's (it grew)
+            return False
+        future, buffer = self._pending.popleft()
+        try:
+            n = future.result()
+        except OSError as e:
+            self._free.append(buffer)
+            if e.errno != errno.EINVAL:
+                raise
+            self._fall_back()
+            return self._take_buffered()
+        if n < BLOCK:
+            self._end = True
+        if n == 0:
+            self._free.append(buffer)
+            return False
+        self._block_buffer, self._block = buffer, memoryview(buffer)
+        self._block_at, self._block_end = 0, n
+        self._ask()
+        return True
+
+    def _fall_back(self) -> None:
+        """O_DIRECT refused mid-way: drop the reads ahead, read on buffered."""
+        self._drain()
+        self._buffered = True
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+
+    def _take_buffered(self) -> bool:
+        buffer = self._free.pop()
+        n = os.preadv(self._fd, [buffer], self._pos)
+        if n == 0:
+            self._free.append(buffer)
+            return False
+        self._block_buffer, self._block = buffer, memoryview(buffer)
+        self._block_at, self._block_end = 0, n
+        return True
+
+    def _drain(self) -> None:
+        """Wait for the reads still running; their results are dropped."""
+        while self._pending:
+            future, buffer = self._pending.popleft()
+            try:
+                future.result()
+            except OSError:
+                pass
+            self._free.append(buffer)
+
+    def __enter__(self) -> DirectReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._drain()
+        if self._block is not None:
+            self._block.release()
+            self._block = None
+        if not self._buffered:
+            try:
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+            except OSError:
+                pass

@@ -1,0 +1,215 @@
+"""Big files read around the page cache (engine/direct.py): the bytes are the file's,
+whatever the reads do, and a file that cannot be read directly is read buffered."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from strongroom.backend import LocalBackend
+from strongroom.clock import SystemClock
+from strongroom.engine.archiver import DIRECT_MIN, Archiver, BackupRequest
+from strongroom.engine.direct import AHEAD, BLOCK, DirectReader, ReadBuffers, cached, open_direct
+from strongroom.engine.files_cache import FilesCache
+from strongroom.engine.restorer import Restorer, RestoreRequest
+from strongroom.repository import TEST_KDF, Repository
+
+
+def _evicted(path: Path, data: bytes) -> Path:
+    """``data`` written to ``path`` and dropped from the page cache (when this file
+    system has one to drop it from)."""
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if cached(fd):
+            pytest.skip(f"{path.parent} keeps every page in memory (tmpfs?)")
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[[Path], int]]:
+    fds: list[int] = []
+
+    def open_(path: Path) -> int:
+        fds.append(os.open(path, os.O_RDONLY))
+        return fds[-1]
+
+    yield open_
+    for fd in fds:
+        os.close(fd)
+
+
+def _read_all(reader: DirectReader, rng: random.Random) -> bytes:
+    """Everything ``reader`` gives, asked for in pieces of random sizes."""
+    out = bytearray()
+    while True:
+        piece = memoryview(bytearray(rng.randrange(1, 3 * BLOCK)))
+        n = reader.readinto(piece)
+        if not n:
+            return bytes(out)
+        out += piece[:n]
+
+
+def _direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+@pytest.mark.parametrize(
+    "size", [1, 4096, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12_345, (AHEAD + 4) * BLOCK]
+)
+def test_a_direct_reader_gives_the_file_s_bytes(
+    tmp_path: Path, opened: Callable[[Path], int], size: int
+) -> None:
+    data = random.Random(size).randbytes(size)
+    fd = opened(_evicted(tmp_path / "f", data))
+    reader = open_direct(fd, ReadBuffers())
+    assert reader is not None and _direct(fd)
+    with reader:
+        assert _read_all(reader, random.Random(1)) == data
+        assert reader.readinto(memoryview(bytearray(10))) == 0
+    assert not _direct(fd)
+
+
+def test_buffers_serve_one_file_after_another(
+    tmp_path: Path, opened: Callable[[Path], int]
+) -> None:
+    buffers = ReadBuffers()
+    rng = random.Random(2)
+    for i in range(4):
+        data = rng.randbytes(rng.randrange(1, 6 * BLOCK))
+        fd = opened(_evicted(tmp_path / f"f{i}", data))
+        reader = open_direct(fd, buffers)
+        assert reader is not None
+        with reader:
+            assert _read_all(reader, rng) == data
+
+
+def test_a_cached_file_is_read_buffered(tmp_path: Path, opened: Callable[[Path], int]) -> None:
+    path = tmp_path / "dump.sql"
+    path.write_bytes(b"just written, still in memory\n" * 100_000)
+    fd = opened(path)
+    assert cached(fd)
+    assert open_direct(fd, ReadBuffers()) is None
+    assert not _direct(fd)
+
+
+def _preadv_failing(
+    monkeypatch: pytest.MonkeyPatch, fail: Callable[[int, int], OSError | int | None]
+) -> None:
+    """os.preadv as direct.py sees it, with ``fail(fd, offset)`` deciding per read:
+    an error to raise, a length to cut the read to, or None for the real read."""
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+        outcome = fail(fd, offset) if not flags else None
+        if isinstance(outcome, OSError):
+            raise outcome
+        if isinstance(outcome, int):
+            return real(fd, [memoryview(buffers[0])[:outcome]], offset)
+        return real(fd, buffers, offset, *flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+
+
+def test_einval_mid_file_reads_the_rest_buffered(
+    tmp_path: Path, opened: Callable[[Path], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(3).randbytes(5 * BLOCK + 777)
+    fd = opened(_evicted(tmp_path / "f", data))
+    refused: list[int] = []
+
+    def fail(fd: int, offset: int) -> OSError | None:
+        if _direct(fd) and offset >= 2 * BLOCK:
+            refused.append(offset)
+            return OSError(errno.EINVAL, "alignment")
+        return None
+
+    _preadv_failing(monkeypatch, fail)
+    reader = open_direct(fd, ReadBuffers())
+    assert reader is not None
+    with reader:
+        assert _read_all(reader, random.Random(4)) == data
+        assert not _direct(fd)
+    assert refused
+
+
+def test_a_short_read_is_the_end_even_if_later_blocks_have_data(
+    tmp_path: Path, opened: Callable[[Path], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(5).randbytes(6 * BLOCK)
+    fd = opened(_evicted(tmp_path / "f", data))
+    _preadv_failing(monkeypatch, lambda fd, offset: 8192 if offset == BLOCK else None)
+    reader = open_direct(fd, ReadBuffers())
+    assert reader is not None
+    with reader:
+        assert _read_all(reader, random.Random(6)) == data[: BLOCK + 8192]
+
+
+def test_a_read_error_is_raised_and_no_read_outlives_the_reader(
+    tmp_path: Path, opened: Callable[[Path], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(7).randbytes(8 * BLOCK)
+    fd = opened(_evicted(tmp_path / "f", data))
+    _preadv_failing(
+        monkeypatch,
+        lambda fd, offset: OSError(errno.EIO, "I/O error") if offset == 2 * BLOCK else None,
+    )
+    reader = open_direct(fd, ReadBuffers())
+    assert reader is not None
+    with pytest.raises(OSError) as raised, reader:
+        _read_all(reader, random.Random(8))
+    assert raised.value.errno == errno.EIO
+    assert not reader._pending and not _direct(fd)
+
+
+def test_a_backup_reads_big_files_directly_and_leaves_the_page_cache_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(9)
+    # Compressible and not, bigger than DIRECT_MIN, and one at the edge of it.
+    files = {
+        "text.log": b"".join(b"line %d of a log\n" % i for i in range(400_000)),
+        "random.bin": rng.randbytes(5 * BLOCK + 3),
+        "edge.bin": rng.randbytes(DIRECT_MIN + 1),
+    }
+    for name, data in files.items():
+        _evicted(src / name, data)
+    readers: list[DirectReader | None] = []
+    real = open_direct
+
+    def spy(fd: int, buffers: ReadBuffers) -> DirectReader | None:
+        readers.append(real(fd, buffers))
+        return readers[-1]
+
+    monkeypatch.setattr("strongroom.engine.archiver.open_direct", spy)
+    repo = Repository.init(
+        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
+    )
+    repo.load_index()
+    result = Archiver(repo, SystemClock(), FilesCache(tmp_path / "cache")).backup(
+        BackupRequest(paths=[str(src)], client="c")
+    )
+    assert not result.warnings
+    assert len(readers) == 3 and all(r is not None for r in readers)
+    for name in files:  # read, but not brought into memory for everyone else
+        fd = os.open(src / name, os.O_RDONLY)
+        try:
+            assert not cached(fd), name
+        finally:
+            os.close(fd)
+    target = tmp_path / "restored"
+    Restorer(repo).restore(result.snapshot, RestoreRequest(target=str(target)))
+    for name, data in files.items():
+        assert (target / str(src).lstrip("/") / name).read_bytes() == data
