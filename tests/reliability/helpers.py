@@ -230,6 +230,19 @@ def flip_bit(path: Path, offset: int, bit: int) -> None:
         byte = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([byte ^ (1 << bit)]))
+    evict(path)
+
+
+def evict(path: Path) -> None:
+    """Drop ``path`` from the page cache, so the next read comes from the disk, as a
+    restore's of packs written long ago does (and goes around the cache: see
+    engine/direct.py)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def copy_repo(src: Path, dest: Path) -> Path:

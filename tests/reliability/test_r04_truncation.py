@@ -21,6 +21,7 @@ from tests.reliability.helpers import (
     assert_restored_exactly,
     backup,
     check,
+    evict,
     restore,
 )
 from tests.reliability.test_r03_bitflips import (
@@ -53,6 +54,7 @@ def test_truncated_or_extended_object_is_detected(
     # The largest object of its kind: the one whose loss costs the most.
     path = max(objects_by_kind(small_repo)[kind], key=lambda p: (p.stat().st_size, p.name))
     path.write_bytes(_cut(path.read_bytes(), mode, rng))
+    evict(path)
     where = f"{kind} {path.relative_to(small_repo)} cut {mode}"
     code = damage_detected(small_repo, kind, path, where)
     restores_nothing_wrong(small_repo, small_repo_template, kind, path, code, tmp_path)

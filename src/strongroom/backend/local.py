@@ -104,6 +104,19 @@ class LocalBackend:
         if got != len(out):
             raise ObjectNotFound(f"loading {name}: short read ({got} of {len(out)} bytes)")
 
+    def open_direct(self, name: str) -> int | None:
+        """A new descriptor of ``name`` for reads around the page cache (O_DIRECT; the
+        caller closes it), or None where the file system refuses them."""
+        direct = getattr(os, "O_DIRECT", 0)
+        if not direct:
+            return None
+        try:
+            return os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC | direct)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return None
+            raise _translate(e, f"loading {name}") from e
+
     def _range_fd(self, name: str, path: Path) -> int:
         """A descriptor for ranged reads, kept open per thread: restores read many
         blobs from the same pack. Objects are immutable, so a cached descriptor never

@@ -32,9 +32,11 @@ import mmap
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 BLOCK = 1 << 20
+ALIGN = 4096  # O_DIRECT's alignment of offsets, lengths and buffers (a page)
 AHEAD = 3  # blocks being read while one is consumed
 # Threads that do the reads, per process (their reads wait for the disk, not for CPU).
 READ_THREADS = 2
@@ -213,3 +215,91 @@ class DirectReader:
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
             except OSError:
                 pass
+
+
+# --- ranges of an object (a restore's pack reads) ------------------------------------
+
+
+class RangeBuffers:
+    """Two page-aligned buffers of one reading thread: one range is used while the
+    next is read into the other. Reads a reader left running (its generator was
+    dropped mid-way) are waited for before the buffers serve again."""
+
+    def __init__(self) -> None:
+        self.blocks: list[mmap.mmap] = []
+        self.pending: list[Future[int]] = []
+
+    def sized(self, size: int) -> list[mmap.mmap]:
+        size = -(-size // BLOCK) * BLOCK
+        if not self.blocks or len(self.blocks[0]) < size:
+            self.drain()
+            self.blocks = [mmap.mmap(-1, size) for _ in range(2)]
+        return self.blocks
+
+    def drain(self) -> None:
+        for future in self.pending:
+            try:
+                future.result()
+            except OSError:
+                pass
+        self.pending.clear()
+
+
+def _aligned(offset: int, length: int) -> tuple[int, int]:
+    """The smallest range of whole ALIGN-sized blocks around ``[offset, offset+length)``."""
+    start = offset - offset % ALIGN
+    end = -(-(offset + length) // ALIGN) * ALIGN
+    return start, end - start
+
+
+def read_ranges(
+    fd: int, ranges: list[tuple[int, int]], buffers: RangeBuffers
+) -> Iterator[memoryview | OSError]:
+    """Each ``(offset, length)`` range of ``fd`` (opened with O_DIRECT), in order, the
+    next one read by a read thread while the caller uses this one. A view is valid until
+    the next item is taken; an OSError stands for a range that could not be read (a
+    short read is ENODATA). EINVAL (O_DIRECT refused) reads that range and the rest
+    with plain reads of the same buffers."""
+    buffers.drain()
+    blocks = buffers.sized(max((_aligned(*r)[1] for r in ranges), default=0))
+    plain = False
+
+    def ask(i: int) -> Future[int]:
+        start, length = _aligned(*ranges[i])
+        future = _reads().submit(os.preadv, fd, [memoryview(blocks[i % 2])[:length]], start)
+        buffers.pending.append(future)
+        return future
+
+    try:
+        ahead = ask(0) if ranges else None
+        for i, (offset, length) in enumerate(ranges):
+            assert ahead is not None or plain
+            current, ahead = ahead, (ask(i + 1) if i + 1 < len(ranges) and not plain else None)
+            start = _aligned(offset, length)[0]
+            block = memoryview(blocks[i % 2])
+            try:
+                if plain or current is None:
+                    got = os.preadv(fd, [block[offset - start : offset - start + length]], offset)
+                    got += offset - start
+                else:
+                    got = current.result()
+            except OSError as e:
+                if e.errno != errno.EINVAL or plain:
+                    yield e
+                    continue
+                buffers.drain()  # the read ahead was refused too, or is dropped
+                ahead = None
+                plain = True
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                try:
+                    got = os.preadv(fd, [block[offset - start : offset - start + length]], offset)
+                    got += offset - start
+                except OSError as e2:
+                    yield e2
+                    continue
+            if got < offset - start + length:
+                yield OSError(errno.ENODATA, f"short read ({got - (offset - start)} of {length})")
+                continue
+            yield block[offset - start : offset - start + length]
+    finally:
+        buffers.drain()

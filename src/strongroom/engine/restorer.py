@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from strongroom.backend import ObjectNotFound, load_into
+from strongroom.engine.direct import RangeBuffers, cached, read_ranges
 from strongroom.engine.walk import load_tree
 from strongroom.engine.workers import Worker, lane_slots
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
@@ -160,7 +161,6 @@ class RepositorySource:
         read together, in pieces of about READ_SIZE. A plaintext may be a view of a
         reused buffer: it is valid only until the next one is taken."""
         repo = self.repo
-        name = pack_name(pack_id)
         try:
             cipher = repo.pack_cipher(pack_id)
         except ObjectNotFound as e:
@@ -172,33 +172,84 @@ class RepositorySource:
             for entry in entries:
                 yield entry, e
             return
-        for group in _read_groups(entries):
+        groups = _read_groups(entries)
+        for group, data in zip(groups, self._read_packed(pack_id, groups), strict=True):
+            if isinstance(data, StrongroomError):
+                for entry in group:
+                    yield entry, data
+                continue
             start = group[0].offset
-            length = group[-1].offset + group[-1].length - start
-            # Read into a buffer this thread reuses (a fresh one costs page faults):
-            # each blob in it is decrypted before the next group is read.
+            for entry in group:
+                what = f"blob {entry.id.hex()[:16]}"
+                at = entry.offset - start
+                try:
+                    ciphertext = data[at : at + entry.length]
+                    yield (
+                        entry,
+                        open_blob_transient(repo.master, cipher, entry, ciphertext, what),
+                    )
+                except IntegrityError as e:
+                    yield entry, e
+
+    def _read_packed(
+        self, pack_id: str, groups: list[list[PackEntry]]
+    ) -> Iterator[memoryview | StrongroomError]:
+        """The bytes of each group of a pack's entries (from the first one's offset to
+        the end of the last), or the error that stands for them. Each view is valid
+        until the next is taken. Where the repository is a local directory whose pack
+        is not in the page cache, the pack is read around it, the next group while this
+        one is used (engine/direct.py): else a group at a time, into a buffer this
+        thread reuses (a fresh one costs page faults)."""
+        name = pack_name(pack_id)
+        backend = self.repo.backend
+        ranges = [(g[0].offset, g[-1].offset + g[-1].length - g[0].offset) for g in groups]
+        opener = getattr(backend, "open_direct", None)
+        try:
+            fd = None if opener is None else opener(name)
+        except ObjectNotFound as e:
+            for _ in ranges:
+                yield IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
+            return
+        except StorageError:
+            fd = None  # read as before, which says what is wrong
+        if fd is not None and not cached(fd):
+            try:
+                for data in read_ranges(fd, ranges, _thread_range_buffers()):
+                    if isinstance(data, OSError):
+                        yield _read_failure(pack_id, data)
+                    else:
+                        yield data
+            finally:
+                os.close(fd)
+            return
+        if fd is not None:
+            os.close(fd)
+        for start, length in ranges:
             data = thread_buffer("pack_read", length)[:length]
             try:
-                load_into(repo.backend, name, start, data)
+                load_into(backend, name, start, data)
             except ObjectNotFound as e:
-                failed: StrongroomError = IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
+                yield IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
             except (IntegrityError, StorageError) as e:
-                failed = e
+                yield e
             else:
-                for entry in group:
-                    what = f"blob {entry.id.hex()[:16]}"
-                    at = entry.offset - start
-                    try:
-                        ciphertext = data[at : at + entry.length]
-                        yield (
-                            entry,
-                            open_blob_transient(repo.master, cipher, entry, ciphertext, what),
-                        )
-                    except IntegrityError as e:
-                        yield entry, e
-                continue
-            for entry in group:
-                yield entry, failed
+                yield data
+
+
+_range_buffers = threading.local()
+
+
+def _thread_range_buffers() -> RangeBuffers:
+    buffers: RangeBuffers | None = getattr(_range_buffers, "buffers", None)
+    if buffers is None:
+        buffers = _range_buffers.buffers = RangeBuffers()
+    return buffers
+
+
+def _read_failure(pack_id: str, err: OSError) -> StrongroomError:
+    if err.errno == errno.ENODATA:
+        return IntegrityError(f"pack {pack_id[:8]} is missing ({err.strerror})")
+    return StorageError(f"reading pack {pack_id[:8]}: {err.strerror or err}")
 
 
 def _read_groups(entries: list[PackEntry]) -> list[list[PackEntry]]:
