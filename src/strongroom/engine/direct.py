@@ -35,7 +35,9 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-BLOCK = 1 << 20
+# With AHEAD, 2 MiB per reading thread; 1 MiB blocks read no faster and took 4 MiB
+# more across a backup's processes.
+BLOCK = 512 << 10
 ALIGN = 4096  # O_DIRECT's alignment of offsets, lengths and buffers (a page)
 AHEAD = 3  # blocks being read while one is consumed
 # Threads that do the reads, per process (their reads wait for the disk, not for CPU).
