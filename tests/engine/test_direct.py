@@ -28,6 +28,7 @@ from strongroom.engine.direct import (
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.repository import TEST_KDF, Repository
+from tests.conftest import cli, init_repo
 
 
 def _evicted(path: Path, data: bytes) -> Path:
@@ -344,10 +345,35 @@ def test_a_restore_reads_packs_around_the_page_cache(
         reads.append(len(ranges))
         return real(fd, ranges, buffers)
 
-    monkeypatch.setattr("strongroom.engine.restorer.read_ranges", spy)
+    monkeypatch.setattr("strongroom.engine.direct.read_ranges", spy)
     target = tmp_path / "restored"
     result = Restorer(repo).restore(snapshot, RestoreRequest(target=str(target)))
     assert not result.errors and not result.warnings
     assert len(reads) >= 2 and sum(reads) >= 4, reads
     for name, data in files.items():
         assert (target / str(src).lstrip("/") / name).read_bytes() == data
+
+
+def test_strongroom_direct_io_0_reads_through_the_page_cache(
+    tmp_path: Path, opened: Callable[[Path], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fd = opened(_evicted(tmp_path / "f", random.Random(15).randbytes(3 * BLOCK)))
+    monkeypatch.setenv("STRONGROOM_DIRECT_IO", "0")
+    assert open_direct(fd, ReadBuffers()) is None
+    monkeypatch.setenv("STRONGROOM_DIRECT_IO", "1")
+    reader = open_direct(fd, ReadBuffers())
+    assert reader is not None
+    with reader:
+        pass
+
+
+def test_a_bad_strongroom_direct_io_stops_a_backup_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = init_repo(tmp_path / "repo")
+    (tmp_path / "src").mkdir()
+    monkeypatch.setenv("STRONGROOM_DIRECT_IO", "off")
+    result = cli("--repo", str(repo), "backup", "--client", "c", str(tmp_path / "src"))
+    assert result.code == 2, result.stderr
+    assert "STRONGROOM_DIRECT_IO='off'" in result.stderr
+    assert not list(repo.glob("snapshots/*"))

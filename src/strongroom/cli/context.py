@@ -127,7 +127,11 @@ class App:
     def worker_processes(self) -> int:
         """How many worker processes a backup or restore forks: one per core beyond
         the first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps it in one process,
-        without a directory scanner process either)."""
+        without a directory scanner process either). STRONGROOM_DIRECT_IO is checked
+        here too, before any work starts (engine/direct.py)."""
+        from strongroom.engine.direct import enabled
+
+        enabled()
         given = os.environ.get("STRONGROOM_WORKER_PROCESSES", "").strip()
         if given:
             if not given.isdigit():

@@ -8,15 +8,17 @@ it with its keyed id. Damage is then traced to the snapshots and paths it affect
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom.backend import ObjectNotFound
+from strongroom.engine.direct import object_ranges
 from strongroom.engine.walk import load_tree
-from strongroom.errors import IntegrityError
+from strongroom.errors import IntegrityError, StorageError
 from strongroom.repository import DATA, Repository
 from strongroom.repository.crypto import PackCipher
 from strongroom.repository.index import RECORD
@@ -207,15 +209,17 @@ class Checker:
         found.bytes_read = size
         hasher = hashlib.sha256(head)
         entries.sort(key=lambda e: e.offset)
+        # Pieces to read and hash in order: the next entries while they stay within
+        # READ_PIECE (one at least), with whatever lies between them (the hash needs
+        # every byte). An entry overlapping what was read is read and checked alone.
+        pieces: list[tuple[int, int, list[PackEntry]]] = []
+        alone: list[PackEntry] = []
         pos = DATA_OFFSET  # every byte before it is hashed
         i, n = 0, len(entries)
         while pos < start:
-            while i < n and entries[i].offset < pos:  # overlaps what was read: alone
-                alone = entries[i]
-                self._check_blob(cipher, alone, load(name, alone.offset, alone.length), what, found)
+            while i < n and entries[i].offset < pos:
+                alone.append(entries[i])
                 i += 1
-            # A piece: the next entries while it stays within READ_PIECE (one at least),
-            # with whatever lies between them (the hash needs every byte).
             taken: list[PackEntry] = []
             end = pos
             while i < n and entries[i].offset >= end:
@@ -227,18 +231,39 @@ class Checker:
                 i += 1
             if not taken:  # no blob left, yet bytes before the header: hash them
                 end = min(start, pos + READ_PIECE)
-            piece = memoryview(load(name, pos, end - pos))
+            pieces.append((pos, end, taken))
+            pos = end
+        alone.extend(entries[i:])  # empty entries at the very end
+        spans = [(pos, end - pos) for pos, end, _ in pieces]
+        for (pos, _, taken), piece in zip(pieces, self._pieces(name, spans), strict=True):
             hasher.update(piece)
             for entry in taken:
                 at = entry.offset - pos
                 self._check_blob(cipher, entry, piece[at : at + entry.length], what, found)
-            pos = end
-        for entry in entries[i:]:  # empty entries at the very end: checked alone
+        for entry in alone:
             self._check_blob(cipher, entry, load(name, entry.offset, entry.length), what, found)
         hasher.update(sealed)
         hasher.update(tail)
         if hasher.hexdigest() != pack_id:
             found.errors.append(f"{what}: contents do not match its name (damaged)")
+
+    def _pieces(self, name: str, spans: list[tuple[int, int]]) -> Iterator[memoryview]:
+        """Each ``(offset, length)`` span of pack ``name``: read around the page cache,
+        the next while this one is checked, where the pack is a local file not in the
+        page cache (engine/direct.py); else loaded one by one. A view is valid until the
+        next is taken; a short read is ObjectNotFound, as a short load is."""
+        load = self.repo.backend.load
+        direct = object_ranges(self.repo.backend, name, spans)
+        if direct is None:
+            for pos, length in spans:
+                yield memoryview(load(name, pos, length))
+            return
+        for piece in direct:
+            if isinstance(piece, OSError):
+                if piece.errno == errno.ENODATA:
+                    raise ObjectNotFound(f"loading {name}: {piece.strerror}")
+                raise StorageError(f"loading {name}: {piece.strerror or piece}")
+            yield piece
 
     def _check_blob(
         self,

@@ -10,7 +10,8 @@ its working set with data read once.
 A direct read waits for the disk (the kernel reads nothing ahead for it), so a
 thread of this process reads AHEAD blocks ahead of the consumer. Blocks are BLOCK
 bytes at offsets that are multiples of BLOCK, into page-aligned buffers: the
-alignment O_DIRECT asks for. A file is read buffered, as before, when:
+alignment O_DIRECT asks for. A file is read buffered, as before, when
+STRONGROOM_DIRECT_IO=0, or when:
 
 - half or more of it is already in the page cache (cachestat(2)): a file just
   written, such as a database dump, is read from memory and not from the disk again;
@@ -34,6 +35,8 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from strongroom.errors import UsageError
 
 # With AHEAD, 2 MiB per reading thread; 1 MiB blocks read no faster and took 4 MiB
 # more across a backup's processes.
@@ -95,10 +98,22 @@ def cached(fd: int) -> bool:
     return bool(stat.cache * mmap.PAGESIZE * 2 >= os.fstat(fd).st_size > 0)
 
 
+def enabled() -> bool:
+    """Whether big files and packs are read around the page cache (the default);
+    STRONGROOM_DIRECT_IO=0 has every read go through it, as before."""
+    given = os.environ.get("STRONGROOM_DIRECT_IO", "").strip()
+    if given not in ("", "0", "1"):
+        raise UsageError(
+            f"STRONGROOM_DIRECT_IO={given!r}: give 1 (big files and packs read around the"
+            " page cache, the default) or 0 (every read through it)"
+        )
+    return given != "0" and bool(_O_DIRECT)
+
+
 def open_direct(fd: int, buffers: ReadBuffers) -> DirectReader | None:
-    """A direct reader of ``fd`` from its start, or None when the file is cached or the
-    file system refuses O_DIRECT (read it buffered)."""
-    if not _O_DIRECT or cached(fd):
+    """A direct reader of ``fd`` from its start, or None when the file is cached, the
+    file system refuses O_DIRECT or STRONGROOM_DIRECT_IO=0 (read it buffered)."""
+    if not enabled() or cached(fd):
         return None
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -305,3 +320,34 @@ def read_ranges(
             yield block[offset - start : offset - start + length]
     finally:
         buffers.drain()
+
+
+_range_buffers = threading.local()
+
+
+def object_ranges(
+    backend: object, name: str, ranges: list[tuple[int, int]]
+) -> Iterator[memoryview | OSError] | None:
+    """``read_ranges`` over object ``name`` of ``backend`` when it is a local file that is
+    not in the page cache (its descriptor is closed when the iterator ends), else None:
+    read it as before. The backend's errors in opening it (not found) are raised."""
+    opener = getattr(backend, "open_direct", None)
+    if opener is None or not enabled():
+        return None
+    fd: int | None = opener(name)
+    if fd is None:
+        return None
+    if cached(fd):
+        os.close(fd)
+        return None
+    buffers: RangeBuffers | None = getattr(_range_buffers, "buffers", None)
+    if buffers is None:
+        buffers = _range_buffers.buffers = RangeBuffers()
+    return _closing(fd, read_ranges(fd, ranges, buffers))
+
+
+def _closing(fd: int, items: Iterator[memoryview | OSError]) -> Iterator[memoryview | OSError]:
+    try:
+        yield from items
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from strongroom.backend import ObjectNotFound, load_into
-from strongroom.engine.direct import RangeBuffers, cached, read_ranges
+from strongroom.engine.direct import object_ranges
 from strongroom.engine.walk import load_tree
 from strongroom.engine.workers import Worker, lane_slots
 from strongroom.errors import IntegrityError, StorageError, StrongroomError, UsageError
@@ -203,27 +203,18 @@ class RepositorySource:
         name = pack_name(pack_id)
         backend = self.repo.backend
         ranges = [(g[0].offset, g[-1].offset + g[-1].length - g[0].offset) for g in groups]
-        opener = getattr(backend, "open_direct", None)
         try:
-            fd = None if opener is None else opener(name)
+            direct = object_ranges(backend, name, ranges)
         except ObjectNotFound as e:
             for _ in ranges:
                 yield IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
             return
         except StorageError:
-            fd = None  # read as before, which says what is wrong
-        if fd is not None and not cached(fd):
-            try:
-                for data in read_ranges(fd, ranges, _thread_range_buffers()):
-                    if isinstance(data, OSError):
-                        yield _read_failure(pack_id, data)
-                    else:
-                        yield data
-            finally:
-                os.close(fd)
+            direct = None  # read as before, which says what is wrong
+        if direct is not None:
+            for data in direct:
+                yield _read_failure(pack_id, data) if isinstance(data, OSError) else data
             return
-        if fd is not None:
-            os.close(fd)
         for start, length in ranges:
             data = thread_buffer("pack_read", length)[:length]
             try:
@@ -234,16 +225,6 @@ class RepositorySource:
                 yield e
             else:
                 yield data
-
-
-_range_buffers = threading.local()
-
-
-def _thread_range_buffers() -> RangeBuffers:
-    buffers: RangeBuffers | None = getattr(_range_buffers, "buffers", None)
-    if buffers is None:
-        buffers = _range_buffers.buffers = RangeBuffers()
-    return buffers
 
 
 def _read_failure(pack_id: str, err: OSError) -> StrongroomError:
