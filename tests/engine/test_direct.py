@@ -14,7 +14,7 @@ import pytest
 
 from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
-from strongroom.engine.archiver import DIRECT_MIN, Archiver, BackupRequest
+from strongroom.engine.archiver import DIRECT_MIN, Archiver, BackupRequest, BackupResult
 from strongroom.engine.direct import (
     AHEAD,
     BLOCK,
@@ -27,7 +27,7 @@ from strongroom.engine.direct import (
 )
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
-from strongroom.repository import TEST_KDF, Repository
+from strongroom.repository import TEST_KDF, Repository, Snapshot
 from tests.conftest import cli, init_repo
 
 
@@ -182,11 +182,39 @@ def test_a_read_error_is_raised_and_no_read_outlives_the_reader(
     assert not reader._pending and not _direct(fd)
 
 
+def _backed_up(
+    tmp_path: Path, files: dict[str, bytes], pack_size: int | None = None
+) -> tuple[Repository, Path, BackupResult]:
+    """A repository at tmp_path/repo holding one backup of ``files`` (in tmp_path/src,
+    dropped from the page cache before they are read)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        _evicted(src / name, data)
+    repo = Repository.init(
+        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
+    )
+    if pack_size is not None:
+        repo.pack_target_size = pack_size
+    repo.load_index()
+    result = Archiver(repo, SystemClock(), FilesCache(tmp_path / "cache")).backup(
+        BackupRequest(paths=[str(src)], client="c")
+    )
+    return repo, src, result
+
+
+def _assert_restores(
+    repo: Repository, snapshot: Snapshot, src: Path, files: dict[str, bytes], target: Path
+) -> None:
+    result = Restorer(repo).restore(snapshot, RestoreRequest(target=str(target)))
+    assert not result.errors and not result.warnings
+    for name, data in files.items():
+        assert (target / str(src).lstrip("/") / name).read_bytes() == data
+
+
 def test_a_backup_reads_big_files_directly_and_leaves_the_page_cache_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
     rng = random.Random(9)
     # Compressible and not, bigger than DIRECT_MIN, and one at the edge of it.
     files = {
@@ -194,8 +222,6 @@ def test_a_backup_reads_big_files_directly_and_leaves_the_page_cache_alone(
         "random.bin": rng.randbytes(5 * BLOCK + 3),
         "edge.bin": rng.randbytes(DIRECT_MIN + 1),
     }
-    for name, data in files.items():
-        _evicted(src / name, data)
     readers: list[DirectReader | None] = []
     real = open_direct
 
@@ -204,13 +230,7 @@ def test_a_backup_reads_big_files_directly_and_leaves_the_page_cache_alone(
         return readers[-1]
 
     monkeypatch.setattr("strongroom.engine.archiver.open_direct", spy)
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
-    result = Archiver(repo, SystemClock(), FilesCache(tmp_path / "cache")).backup(
-        BackupRequest(paths=[str(src)], client="c")
-    )
+    repo, src, result = _backed_up(tmp_path, files)
     assert not result.warnings
     assert len(readers) == 3 and all(r is not None for r in readers)
     for name in files:  # read, but not brought into memory for everyone else
@@ -219,10 +239,7 @@ def test_a_backup_reads_big_files_directly_and_leaves_the_page_cache_alone(
             assert not cached(fd), name
         finally:
             os.close(fd)
-    target = tmp_path / "restored"
-    Restorer(repo).restore(result.snapshot, RestoreRequest(target=str(target)))
-    for name, data in files.items():
-        assert (target / str(src).lstrip("/") / name).read_bytes() == data
+    _assert_restores(repo, result.snapshot, src, files, tmp_path / "restored")
 
 
 # --- ranges of an object (a restore's pack reads) -------------------------------------
@@ -319,22 +336,10 @@ def test_a_reader_dropped_mid_way_leaves_no_read_running(tmp_path: Path) -> None
 def test_a_restore_reads_packs_around_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
     rng = random.Random(14)
     files = {f"f{i}": rng.randbytes(rng.randrange(1, 3 * BLOCK)) for i in range(12)}
-    for name, data in files.items():
-        (src / name).write_bytes(data)
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.pack_target_size = 4 * BLOCK  # several packs, several reads each
-    repo.load_index()
-    snapshot = (
-        Archiver(repo, SystemClock(), FilesCache(tmp_path / "cache"))
-        .backup(BackupRequest(paths=[str(src)], client="c"))
-        .snapshot
-    )
+    # Packs of 2 MiB: several packs, several reads each.
+    repo, src, backup = _backed_up(tmp_path, files, pack_size=4 * BLOCK)
     for pack in (tmp_path / "repo").rglob("*"):
         if pack.is_file():
             _evicted(pack, pack.read_bytes())
@@ -346,12 +351,8 @@ def test_a_restore_reads_packs_around_the_page_cache(
         return real(fd, ranges, buffers)
 
     monkeypatch.setattr("strongroom.engine.direct.read_ranges", spy)
-    target = tmp_path / "restored"
-    result = Restorer(repo).restore(snapshot, RestoreRequest(target=str(target)))
-    assert not result.errors and not result.warnings
+    _assert_restores(repo, backup.snapshot, src, files, tmp_path / "restored")
     assert len(reads) >= 2 and sum(reads) >= 4, reads
-    for name, data in files.items():
-        assert (target / str(src).lstrip("/") / name).read_bytes() == data
 
 
 def test_strongroom_direct_io_0_reads_through_the_page_cache(
