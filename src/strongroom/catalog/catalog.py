@@ -531,11 +531,10 @@ class Catalog:
             listed = None if changes is None else set(index) | removed
             fresh = self._close_changed(conn, lineage_id, seq, index, listed)
             path_ids = self._path_ids(conn, fresh)
-            self._driver_many(
+            self._insert_rows(
                 conn,
-                f"INSERT INTO {t.path_versions.name} "
-                "(lineage_id, path_id, type, size, mtime_ns, first_seq, last_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                t.path_versions.name,
+                ("lineage_id", "path_id", "type", "size", "mtime_ns", "first_seq", "last_seq"),
                 [
                     (lineage_id, path_ids[key], e.type, e.size, e.mtime_ns, seq, t.OPEN)
                     for key, e in fresh.items()
@@ -903,7 +902,22 @@ class Catalog:
         hashes = sorted(entries)
         ids = self._lookup_paths(conn, hashes)
         missing = [h for h in hashes if h not in ids]
-        if missing:
+        if missing and self._dialect == "postgresql":
+            # One statement of four arrays: a row costs the server an element, not a
+            # statement (COPY cannot skip the paths a concurrent writer just added).
+            conn.exec_driver_sql(
+                f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
+                "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::text[], %s::text[]) "
+                "ON CONFLICT (path_hash) DO NOTHING",
+                (
+                    missing,
+                    [entries[h].path for h in missing],
+                    [entries[h].name for h in missing],
+                    [entries[h].name.lower() for h in missing],
+                ),
+            )
+            ids.update(self._lookup_paths(conn, missing))
+        elif missing:
             self._driver_many(
                 conn,
                 f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
@@ -926,6 +940,29 @@ class Catalog:
             sql = f"SELECT path_hash, id FROM {t.paths.name} WHERE path_hash IN ({marks})"
             ids.update((bytes(h), i) for h, i in conn.exec_driver_sql(sql, tuple(chunk)))
         return ids
+
+    def _insert_rows(
+        self, conn: Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert ``rows`` into ``table``: with COPY on PostgreSQL (in the transaction,
+        through psycopg's raw connection; one stream instead of a statement per row),
+        else with ``_driver_many``."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self._dialect == "postgresql":
+            raw = conn.connection.driver_connection
+            with (
+                raw.cursor() as cursor,
+                cursor.copy(  # type: ignore[union-attr]
+                    f"COPY {table} ({names}) FROM STDIN"
+                ) as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        marks = ", ".join("?" * len(columns))
+        self._driver_many(conn, f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     def _driver_many(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """``executemany`` straight to the driver (``sql`` written with ``?``): for tens
