@@ -952,12 +952,8 @@ class Catalog:
         names = ", ".join(columns)
         if self._dialect == "postgresql":
             raw = conn.connection.driver_connection
-            with (
-                raw.cursor() as cursor,
-                cursor.copy(  # type: ignore[union-attr]
-                    f"COPY {table} ({names}) FROM STDIN"
-                ) as copy,
-            ):
+            assert raw is not None  # a connection checked out of the pool
+            with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             return
