@@ -24,7 +24,8 @@ TEMP_PREFIX = ".tmp-"
 FD_CACHE_PER_THREAD = 8
 
 
-def _translate(err: OSError, what: str) -> BackendError:
+def translate_os_error(err: OSError, what: str) -> BackendError:
+    """The backend error an OSError of a local file stands for (``what`` says doing what)."""
     if err.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
         return ObjectNotFound(f"{what}: not found")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -53,7 +54,7 @@ class LocalBackend:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _translate(e, f"creating {self.root}") from e
+            raise translate_os_error(e, f"creating {self.root}") from e
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._known_dirs:
@@ -68,7 +69,7 @@ class LocalBackend:
         try:
             self._ensure_dir(path.parent)
         except OSError as e:
-            raise _translate(e, f"saving {name}") from e
+            raise translate_os_error(e, f"saving {name}") from e
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
         staged = _LocalStaged(self, tmp, name)
         staged.write(data)
@@ -89,7 +90,7 @@ class LocalBackend:
                     return f.read()
             data = os.pread(self._range_fd(name, path), length, offset)
         except OSError as e:
-            raise _translate(e, f"loading {name}") from e
+            raise translate_os_error(e, f"loading {name}") from e
         if len(data) != length:
             raise ObjectNotFound(f"loading {name}: short read ({len(data)} of {length} bytes)")
         return data
@@ -100,7 +101,7 @@ class LocalBackend:
         try:
             got = os.preadv(self._range_fd(name, path), [out], offset)
         except OSError as e:
-            raise _translate(e, f"loading {name}") from e
+            raise translate_os_error(e, f"loading {name}") from e
         if got != len(out):
             raise ObjectNotFound(f"loading {name}: short read ({got} of {len(out)} bytes)")
 
@@ -115,7 +116,7 @@ class LocalBackend:
         except OSError as e:
             if e.errno == errno.EINVAL:
                 return None
-            raise _translate(e, f"loading {name}") from e
+            raise translate_os_error(e, f"loading {name}") from e
 
     def _range_fd(self, name: str, path: Path) -> int:
         """A descriptor for ranged reads, kept open per thread: restores read many
@@ -127,7 +128,7 @@ class LocalBackend:
         try:
             st = os.stat(self._path(name))
         except OSError as e:
-            raise _translate(e, f"stat {name}") from e
+            raise translate_os_error(e, f"stat {name}") from e
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"stat {name}: not found (not an object)")
         return ObjectInfo(name, st.st_size, st.st_mtime)
@@ -158,21 +159,21 @@ class LocalBackend:
                     if not fn.startswith(TEMP_PREFIX) and (rel_dir + fn).startswith(prefix)
                 )
         except OSError as e:
-            raise _translate(e, f"listing {prefix}") from e
+            raise translate_os_error(e, f"listing {prefix}") from e
         for name in sorted(names):
             try:
                 st = os.stat(self.root / name)
             except FileNotFoundError:
                 continue  # removed while listing
             except OSError as e:
-                raise _translate(e, f"listing {prefix}") from e
+                raise translate_os_error(e, f"listing {prefix}") from e
             yield ObjectInfo(name, st.st_size, st.st_mtime)
 
     def remove(self, name: str) -> None:
         try:
             os.unlink(self._path(name))
         except OSError as e:
-            raise _translate(e, f"removing {name}") from e
+            raise translate_os_error(e, f"removing {name}") from e
 
     def close(self) -> None:
         self._fds.close()
@@ -191,7 +192,7 @@ class _LocalStaged:
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         except OSError as e:
-            raise _translate(e, f"saving {what}") from e
+            raise translate_os_error(e, f"saving {what}") from e
 
     def _check_open(self) -> int:
         if self._fd is None:
@@ -206,7 +207,7 @@ class _LocalStaged:
             while view:
                 view = view[os.write(fd, view) :]
         except OSError as e:
-            self._failure = _translate(e, f"saving {self._what}")
+            self._failure = translate_os_error(e, f"saving {self._what}")
             self.discard()
             raise self._failure from e
 
@@ -222,7 +223,7 @@ class _LocalStaged:
             os.rename(self._tmp, path)
             _fsync_dir(path.parent)
         except OSError as e:
-            self._failure = _translate(e, f"saving {name}")
+            self._failure = translate_os_error(e, f"saving {name}")
             self.discard()
             raise self._failure from e
 

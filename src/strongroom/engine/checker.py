@@ -8,7 +8,6 @@ it with its keyed id. Damage is then traced to the snapshots and paths it affect
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from strongroom.backend import ObjectNotFound
 from strongroom.engine.direct import object_ranges
 from strongroom.engine.walk import load_tree
-from strongroom.errors import IntegrityError, StorageError
+from strongroom.errors import IntegrityError
 from strongroom.repository import DATA, Repository
 from strongroom.repository.crypto import PackCipher
 from strongroom.repository.index import RECORD
@@ -259,10 +258,8 @@ class Checker:
                 yield memoryview(load(name, pos, length))
             return
         for piece in direct:
-            if isinstance(piece, OSError):
-                if piece.errno == errno.ENODATA:
-                    raise ObjectNotFound(f"loading {name}: {piece.strerror}")
-                raise StorageError(f"loading {name}: {piece.strerror or piece}")
+            if not isinstance(piece, memoryview):
+                raise piece
             yield piece
 
     def _check_blob(

@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from strongroom.backend import BackendError, ObjectNotFound
+from strongroom.backend.local import translate_os_error
 from strongroom.errors import UsageError
 
 # With AHEAD, 2 MiB per reading thread; 1 MiB blocks read no faster and took 4 MiB
@@ -98,6 +100,12 @@ def cached(fd: int) -> bool:
     return bool(stat.cache * mmap.PAGESIZE * 2 >= os.fstat(fd).st_size > 0)
 
 
+def _set_direct(fd: int, on: bool) -> None:
+    """Turn O_DIRECT on or off for the open file ``fd`` (OSError where refused)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+
+
 def enabled() -> bool:
     """Whether big files and packs are read around the page cache (the default);
     STRONGROOM_DIRECT_IO=0 has every read go through it, as before."""
@@ -116,8 +124,7 @@ def open_direct(fd: int, buffers: ReadBuffers) -> DirectReader | None:
     if not enabled() or cached(fd):
         return None
     try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+        _set_direct(fd, True)
     except OSError:
         return None
     return DirectReader(fd, buffers)
@@ -183,11 +190,8 @@ class DirectReader:
             return self._take_buffered()
         if n < BLOCK:
             self._end = True
-        if n == 0:
-            self._free.append(buffer)
+        if not self._use(buffer, n):
             return False
-        self._block_buffer, self._block = buffer, memoryview(buffer)
-        self._block_at, self._block_end = 0, n
         self._ask()
         return True
 
@@ -195,12 +199,15 @@ class DirectReader:
         """O_DIRECT refused mid-way: drop the reads ahead, read on buffered."""
         self._drain()
         self._buffered = True
-        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+        _set_direct(self._fd, False)
 
     def _take_buffered(self) -> bool:
         buffer = self._free.pop()
-        n = os.preadv(self._fd, [buffer], self._pos)
+        return self._use(buffer, os.preadv(self._fd, [buffer], self._pos))
+
+    def _use(self, buffer: mmap.mmap, n: int) -> bool:
+        """Make ``buffer``, ``n`` bytes read into it, the block being consumed; False
+        (and the buffer free again) when nothing was read."""
         if n == 0:
             self._free.append(buffer)
             return False
@@ -228,8 +235,7 @@ class DirectReader:
             self._block = None
         if not self._buffered:
             try:
-                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                _set_direct(self._fd, False)
             except OSError:
                 pass
 
@@ -290,34 +296,30 @@ def read_ranges(
     try:
         ahead = ask(0) if ranges else None
         for i, (offset, length) in enumerate(ranges):
-            assert ahead is not None or plain
-            current, ahead = ahead, (ask(i + 1) if i + 1 < len(ranges) and not plain else None)
+            current = ahead
+            ahead = ask(i + 1) if i + 1 < len(ranges) and not plain else None
             start = _aligned(offset, length)[0]
-            block = memoryview(blocks[i % 2])
+            piece = memoryview(blocks[i % 2])[offset - start : offset - start + length]
             try:
-                if plain or current is None:
-                    got = os.preadv(fd, [block[offset - start : offset - start + length]], offset)
-                    got += offset - start
-                else:
-                    got = current.result()
+                if current is not None:
+                    try:
+                        got = current.result() - (offset - start)
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        plain = True  # the read ahead was refused too, or is dropped
+                        current = ahead = None
+                        buffers.drain()
+                        _set_direct(fd, False)
+                if current is None:
+                    got = os.preadv(fd, [piece], offset)
             except OSError as e:
-                if e.errno != errno.EINVAL or plain:
-                    yield e
-                    continue
-                buffers.drain()  # the read ahead was refused too, or is dropped
-                ahead = None
-                plain = True
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                try:
-                    got = os.preadv(fd, [block[offset - start : offset - start + length]], offset)
-                    got += offset - start
-                except OSError as e2:
-                    yield e2
-                    continue
-            if got < offset - start + length:
-                yield OSError(errno.ENODATA, f"short read ({got - (offset - start)} of {length})")
+                yield e
                 continue
-            yield block[offset - start : offset - start + length]
+            if got < length:
+                yield OSError(errno.ENODATA, f"short read ({got} of {length} bytes)")
+                continue
+            yield piece
     finally:
         buffers.drain()
 
@@ -327,10 +329,12 @@ _range_buffers = threading.local()
 
 def object_ranges(
     backend: object, name: str, ranges: list[tuple[int, int]]
-) -> Iterator[memoryview | OSError] | None:
+) -> Iterator[memoryview | BackendError] | None:
     """``read_ranges`` over object ``name`` of ``backend`` when it is a local file that is
     not in the page cache (its descriptor is closed when the iterator ends), else None:
-    read it as before. The backend's errors in opening it (not found) are raised."""
+    read it as before. A range that cannot be read is the error a load of it would have
+    raised (ObjectNotFound when short); the backend's errors in opening it (not found)
+    are raised."""
     opener = getattr(backend, "open_direct", None)
     if opener is None or not enabled():
         return None
@@ -343,11 +347,20 @@ def object_ranges(
     buffers: RangeBuffers | None = getattr(_range_buffers, "buffers", None)
     if buffers is None:
         buffers = _range_buffers.buffers = RangeBuffers()
-    return _closing(fd, read_ranges(fd, ranges, buffers))
+    return _as_loads(fd, name, read_ranges(fd, ranges, buffers))
 
 
-def _closing(fd: int, items: Iterator[memoryview | OSError]) -> Iterator[memoryview | OSError]:
+def _as_loads(
+    fd: int, name: str, items: Iterator[memoryview | OSError]
+) -> Iterator[memoryview | BackendError]:
+    """``items`` with their OSErrors as the backend's errors; ``fd`` closed at the end."""
     try:
-        yield from items
+        for item in items:
+            if not isinstance(item, OSError):
+                yield item
+            elif item.errno == errno.ENODATA:
+                yield ObjectNotFound(f"loading {name}: {item.strerror}")
+            else:
+                yield translate_os_error(item, f"loading {name}")
     finally:
         os.close(fd)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from strongroom.backend import ObjectNotFound, load_into
+from strongroom.backend import Backend, ObjectNotFound, load_into
 from strongroom.engine.direct import object_ranges
 from strongroom.engine.walk import load_tree
 from strongroom.engine.workers import Worker, lane_slots
@@ -204,33 +204,31 @@ class RepositorySource:
         backend = self.repo.backend
         ranges = [(g[0].offset, g[-1].offset + g[-1].length - g[0].offset) for g in groups]
         try:
-            direct = object_ranges(backend, name, ranges)
+            pieces = object_ranges(backend, name, ranges)
         except ObjectNotFound as e:
-            for _ in ranges:
-                yield IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
-            return
+            pieces = iter([e] * len(ranges))
         except StorageError:
-            direct = None  # read as before, which says what is wrong
-        if direct is not None:
-            for data in direct:
-                yield _read_failure(pack_id, data) if isinstance(data, OSError) else data
-            return
-        for start, length in ranges:
-            data = thread_buffer("pack_read", length)[:length]
-            try:
-                load_into(backend, name, start, data)
-            except ObjectNotFound as e:
-                yield IntegrityError(f"pack {pack_id[:8]} is missing ({e})")
-            except (IntegrityError, StorageError) as e:
-                yield e
+            pieces = None  # read as before, which says what is wrong
+        for data in pieces if pieces is not None else _loaded(backend, name, ranges):
+            if isinstance(data, ObjectNotFound):
+                yield IntegrityError(f"pack {pack_id[:8]} is missing ({data})")
             else:
                 yield data
 
 
-def _read_failure(pack_id: str, err: OSError) -> StrongroomError:
-    if err.errno == errno.ENODATA:
-        return IntegrityError(f"pack {pack_id[:8]} is missing ({err.strerror})")
-    return StorageError(f"reading pack {pack_id[:8]}: {err.strerror or err}")
+def _loaded(
+    backend: Backend, name: str, ranges: list[tuple[int, int]]
+) -> Iterator[memoryview | StrongroomError]:
+    """Each range of object ``name`` loaded into a buffer this thread reuses (a fresh
+    one costs page faults), or the error that stands for it."""
+    for start, length in ranges:
+        data = thread_buffer("pack_read", length)[:length]
+        try:
+            load_into(backend, name, start, data)
+        except (IntegrityError, StorageError) as e:
+            yield e
+        else:
+            yield data
 
 
 def _read_groups(entries: list[PackEntry]) -> list[list[PackEntry]]:
