@@ -902,28 +902,31 @@ class Catalog:
         hashes = sorted(entries)
         ids = self._lookup_paths(conn, hashes)
         missing = [h for h in hashes if h not in ids]
-        if missing and self._dialect == "postgresql":
-            # One statement of four arrays: a row costs the server an element, not a
-            # statement (COPY cannot skip the paths a concurrent writer just added).
-            conn.exec_driver_sql(
-                f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
-                "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::text[], %s::text[]) "
-                "ON CONFLICT (path_hash) DO NOTHING",
-                (
-                    missing,
-                    [entries[h].path for h in missing],
-                    [entries[h].name for h in missing],
-                    [entries[h].name.lower() for h in missing],
-                ),
-            )
-            ids.update(self._lookup_paths(conn, missing))
-        elif missing:
-            self._driver_many(
-                conn,
-                f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (path_hash) DO NOTHING",
-                [(h, entries[h].path, entries[h].name, entries[h].name.lower()) for h in missing],
-            )
+        if missing:
+            if self._dialect == "postgresql":
+                # One statement of four arrays: a row costs the server an element, not a
+                # statement (COPY cannot skip the paths a concurrent writer just added).
+                conn.exec_driver_sql(
+                    f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
+                    "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::text[], %s::text[]) "
+                    "ON CONFLICT (path_hash) DO NOTHING",
+                    (
+                        missing,
+                        [entries[h].path for h in missing],
+                        [entries[h].name for h in missing],
+                        [entries[h].name.lower() for h in missing],
+                    ),
+                )
+            else:
+                self._driver_many(
+                    conn,
+                    f"INSERT INTO {t.paths.name} (path_hash, path, name, name_lc) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (path_hash) DO NOTHING",
+                    [
+                        (h, entries[h].path, entries[h].name, entries[h].name.lower())
+                        for h in missing
+                    ],
+                )
             ids.update(self._lookup_paths(conn, missing))
         return ids
 
@@ -961,13 +964,12 @@ class Catalog:
         self._driver_many(conn, f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     def _driver_many(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """``executemany`` straight to the driver (``sql`` written with ``?``): for tens
-        of thousands of rows, SQLAlchemy's processing of each row's parameters cost
-        more than the inserts (a first record of 49,000 paths: 2.5 s on SQLite, most
-        of it there). psycopg sends the rows in a pipeline, parsing the statement once."""
+        """``executemany`` straight to SQLite's driver (PostgreSQL takes rows with COPY
+        or arrays: ``_insert_rows``, ``_path_ids``): for tens of thousands of rows,
+        SQLAlchemy's processing of each row's parameters cost more than the inserts (a
+        first record of 49,000 paths: 2.5 s on SQLite, most of it there)."""
         if rows:
-            placeholder = "%s" if self._dialect == "postgresql" else "?"
-            conn.exec_driver_sql(sql.replace("?", placeholder), rows)
+            conn.exec_driver_sql(sql, rows)
 
     def _pattern_conditions(
         self, pattern: str, ignore_case: bool
