@@ -378,3 +378,24 @@ def test_a_bad_strongroom_direct_io_stops_a_backup_before_it_starts(
     assert result.code == 2, result.stderr
     assert "STRONGROOM_DIRECT_IO='off'" in result.stderr
     assert not list(repo.glob("snapshots/*"))
+
+
+@pytest.mark.parametrize("direct_io", ["0", "1"])
+def test_big_files_are_asked_ahead_only_when_read_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: str
+) -> None:
+    monkeypatch.setenv("STRONGROOM_DIRECT_IO", direct_io)
+    files = {"small": b"s" * 1000, "big": random.Random(16).randbytes(3 * DIRECT_MIN)}
+    asked: list[int] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append(length)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    repo, src, result = _backed_up(tmp_path, files)
+    assert not result.warnings
+    assert sorted(asked) == ([1000, 3 * DIRECT_MIN] if direct_io == "0" else [1000])
+    _assert_restores(repo, result.snapshot, src, files, tmp_path / "restored")

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from strongroom.clock import Clock
 from strongroom.engine import scanproc
 from strongroom.engine.direct import ReadBuffers, open_direct
+from strongroom.engine.direct import enabled as direct_enabled
 from strongroom.engine.files_cache import CachedFile, FilesCache
 from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
 from strongroom.engine.scan import Scanner
@@ -62,6 +63,9 @@ BATCH_BYTES = 8 << 20
 # them; bigger ones are read around the page cache, a few blocks ahead of the
 # chunker (engine/direct.py): a direct read of a small file would wait for the disk.
 DIRECT_MIN = 1 << 20
+# With direct reads off (STRONGROOM_DIRECT_IO=0), every file is asked to be read ahead
+# when its batch opens it: the whole of a small one, this much of a big one.
+READAHEAD_BYTES = 16 << 20
 # Files modified this close to being read are not trusted to the files cache: file
 # timestamps move in ticks (a few ms on Linux, 2 s on FAT), as in git's "racy clean".
 RACY_WINDOW_NS = 2_000_000_000
@@ -558,6 +562,7 @@ class Archiver:
         small ones are read and named, then the sink is asked once which of their
         blobs it lacks; a big file is chunked and stored as it is read."""
         fds: list[int | None] = []
+        every_file = not direct_enabled()  # else big files are read ahead by direct.py
         for pending in batch.files:
             try:
                 fd = self._open_file(pending.path)
@@ -566,9 +571,10 @@ class Archiver:
                 pending.ok = False
                 fds.append(None)
                 continue
-            if 0 < pending.node.size <= DIRECT_MIN:  # bigger ones: see engine/direct.py
+            size = pending.node.size
+            if size and (size <= DIRECT_MIN or every_file):
                 try:
-                    os.posix_fadvise(fd, 0, pending.node.size, os.POSIX_FADV_WILLNEED)
+                    os.posix_fadvise(fd, 0, min(size, READAHEAD_BYTES), os.POSIX_FADV_WILLNEED)
                 except OSError:
                     pass  # only a hint
             fds.append(fd)
