@@ -29,16 +29,16 @@ from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
 from strongroom.repository import TEST_KDF, Repository, Snapshot
 from tests.conftest import cli, init_repo
+from tests.reliability.helpers import evict
 
 
 def _evicted(path: Path, data: bytes) -> Path:
     """``data`` written to ``path`` and dropped from the page cache (when this file
     system has one to drop it from)."""
     path.write_bytes(data)
+    evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if cached(fd):
             pytest.skip(f"{path.parent} keeps every page in memory (tmpfs?)")
     finally:
