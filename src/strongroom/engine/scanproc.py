@@ -133,8 +133,8 @@ def _stream_listings(out: IO[bytes], roots: list[bytes], excludes: list[bytes]) 
     # The pipe bounds how far the listings written run ahead of the walk. The threads
     # list up to MAX_AHEAD directories beyond the one written next: while one thread
     # lists a big directory the other goes on below it. With 64 an unchanged
-    # re-backup waited for the scan more (four alternations: 1.51-1.74 s against
-    # 1.53-1.82 s; docs/performance.md, "A ninth host").
+    # re-backup waited for the scan longer (eight alternations: 1.58 s against 1.68 s
+    # on average; docs/performance.md, "A ninth host").
     with TreeScanner(roots, excludes) as scanner:
 
         def visit(path: bytes) -> None:
