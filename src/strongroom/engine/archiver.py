@@ -28,7 +28,7 @@ from strongroom.engine import scanproc
 from strongroom.engine.direct import ReadBuffers, open_direct
 from strongroom.engine.direct import enabled as direct_enabled
 from strongroom.engine.files_cache import CachedFile, FilesCache
-from strongroom.engine.fsmeta import display_path, node_from_stat, open_path, read_xattrs
+from strongroom.engine.fsmeta import display_path, node_from_stat, open_noatime, read_xattrs
 from strongroom.engine.scan import Scanner
 from strongroom.engine.scanproc import directory_roots, normalize_paths
 from strongroom.engine.sink import BlobSink, RepositorySink
@@ -555,7 +555,7 @@ class Archiver:
         }
 
     def _open_file(self, path: bytes) -> int:
-        return open_path(path, FILE_FLAGS)
+        return open_noatime(path, FILE_FLAGS)
 
     def _read_batch(self, batch: _Batch) -> _Counts:
         """Back up a batch of files. All are opened and asked to be read ahead first;

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import msgspec
 
-from strongroom.engine.fsmeta import node_from_stat, open_path, read_xattrs
+from strongroom.engine.fsmeta import node_from_stat, open_noatime, read_xattrs
 from strongroom.repository.tree import DIR, Node
 
 SCAN_THREADS = 2
@@ -54,7 +54,7 @@ def scan_directory(path: bytes, excludes: Sequence[bytes]) -> Listing:
     """List one directory: its entries that are not excluded, with their lstat."""
     listing = Listing()
     try:
-        fd = open_path(path, DIR_FLAGS)
+        fd = open_noatime(path, DIR_FLAGS)
     except OSError as e:
         listing.problems.append((path, f"cannot open directory: {e.strerror}"))
         return listing
