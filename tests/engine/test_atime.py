@@ -89,11 +89,13 @@ def test_files_are_read_where_the_kernel_refuses_o_noatime(
     result = Archiver(repo, SystemClock()).backup(BackupRequest(paths=[str(src)], client="c"))
     assert not result.warnings
     assert result.snapshot.summary.files_read == 2
-    # files here; directories in the scanner process, so listed here once more
-    assert sorted(refused) == [os.fsencode(src / "small"), os.fsencode(src / "sub" / "big")]
+    # Both files were opened here. Directories are listed by a scanner process where
+    # this process has one thread (not under pytest-xdist), so list one here too.
+    assert {os.fsencode(src / "small"), os.fsencode(src / "sub" / "big")} <= set(refused)
+    refused.clear()
     listing = scan_directory(os.fsencode(src / "sub"), [])
     assert [n.name for n in listing.entries] == [b"big"] and not listing.problems
-    assert refused[-1] == os.fsencode(src / "sub")
+    assert refused == [os.fsencode(src / "sub")]
     node = find_node(repo, result.snapshot.tree, os.fsencode(src / "small"))
     assert node is not None and node.size == len(b"small file\n")
 
