@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from strongroom.backend import LocalBackend
 from strongroom.cli.main import run
+from strongroom.repository import TEST_KDF, Repository
 
 PASSWORD = "correct horse battery staple"
 
@@ -73,6 +75,16 @@ def init_repo(path: Path) -> Path:
     result = cli("--repo", str(path), "init")
     assert result.code == 0, result.stderr
     return path
+
+
+def open_local_repo(path: Path) -> Repository:
+    """A new repository in a local directory at ``path`` (the test KDF, password
+    ``pw``), its index loaded: for tests that drive the engine without the CLI."""
+    repo = Repository.init(
+        LocalBackend(path), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
+    )
+    repo.load_index()
+    return repo
 
 
 def repo_with_password_file(tmp_path: Path) -> Path:

@@ -9,24 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine import fsmeta
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.scan import scan_directory
 from strongroom.engine.walk import find_node
-from strongroom.repository import DATA, TEST_KDF, Repository
+from strongroom.repository import DATA
+from tests.conftest import open_local_repo
 
 OLD_ATIME_NS = 1_000_000_000 * 10**9  # 2001: older than the mtime, so relatime updates it
 MTIME_NS = 1_600_000_000 * 10**9
-
-
-def _repo(tmp_path: Path) -> Repository:
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
-    return repo
 
 
 def _age(path: Path) -> None:
@@ -48,7 +40,7 @@ def _tree(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "small").write_bytes(b"small file\n")
-    (src / "sub" / "big").write_bytes(os.urandom(3 << 20))  # read with direct reads
+    (src / "sub" / "big").write_bytes(os.urandom(3 << 20))  # over DIRECT_MIN: the big-file path
     for path in (src / "small", src / "sub" / "big", src / "sub", src):
         _age(path)
     return src
@@ -58,7 +50,7 @@ def test_a_backup_leaves_access_times_as_they_were(tmp_path: Path) -> None:
     if not _reading_updates_atime(tmp_path):
         pytest.skip("this file system does not update atime on reads")
     src = _tree(tmp_path)
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     result = Archiver(repo, SystemClock()).backup(BackupRequest(paths=[str(src)], client="c"))
     assert result.snapshot.summary.files_read == 2
     for path in (src / "small", src / "sub" / "big", src / "sub", src):
@@ -85,7 +77,7 @@ def test_files_are_read_where_the_kernel_refuses_o_noatime(
         return plain_open(path, flags)
 
     monkeypatch.setattr(fsmeta, "open_path", refuse_noatime)
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     result = Archiver(repo, SystemClock()).backup(BackupRequest(paths=[str(src)], client="c"))
     assert not result.warnings
     assert result.snapshot.summary.files_read == 2
@@ -113,7 +105,7 @@ def test_other_open_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.M
         return plain_open(path, flags)
 
     monkeypatch.setattr(fsmeta, "open_path", deny)
-    result = Archiver(_repo(tmp_path), SystemClock()).backup(
+    result = Archiver(open_local_repo(tmp_path / "repo"), SystemClock()).backup(
         BackupRequest(paths=[str(src)], client="c")
     )
     assert [w.path for w in result.warnings] == [str(src / "small")]

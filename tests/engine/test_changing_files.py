@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.walk import find_node
-from strongroom.repository import TEST_KDF, Repository
+from tests.conftest import open_local_repo
 
 
 class _AppendWhileReading(Archiver):
@@ -28,19 +27,6 @@ class _AppendWhileReading(Archiver):
         return result
 
 
-def _repo(tmp_path: Path) -> Repository:
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"),
-        b"pw",
-        kdf=TEST_KDF,
-        created="",
-        hostname="",
-        username="",
-    )
-    repo.load_index()
-    return repo
-
-
 def test_a_file_changed_while_read_is_flagged_and_read_again(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -48,7 +34,7 @@ def test_a_file_changed_while_read_is_flagged_and_read_again(tmp_path: Path) -> 
     (src / "stable").write_bytes(b"x" * 1000)
     os.utime(src / "stable", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     cache = tmp_path / "files-cache"
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
 
     archiver = _AppendWhileReading(repo, SystemClock(), FilesCache(cache))
     archiver.victim = os.fsencode(src / "log")
@@ -79,7 +65,7 @@ def test_a_file_modified_just_before_it_is_read_is_read_again(tmp_path: Path) ->
     (src / "old").write_bytes(b"old")
     os.utime(src / "old", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     cache = tmp_path / "files-cache"
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     for _ in range(2):
         result = Archiver(repo, SystemClock(), FilesCache(cache)).backup(
             BackupRequest(paths=[str(src)], client="c")
@@ -95,7 +81,7 @@ def test_a_file_that_vanishes_before_it_is_read_is_named(tmp_path: Path) -> None
     src.mkdir()
     for i in range(50):
         (src / f"f{i:02}").write_bytes(b"data %d" % i)
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
 
     class _Vanish(Archiver):
         def _open_file(self, path: bytes) -> int:

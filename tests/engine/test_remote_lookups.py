@@ -9,13 +9,13 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import LOOKUP_BATCH, Archiver, BackupRequest, BackupResult
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.sink import RepositorySink
 from strongroom.engine.walk import walk
-from strongroom.repository import TEST_KDF, Repository
+from strongroom.repository import Repository
+from tests.conftest import open_local_repo
 from tests.reliability.helpers import age_tree, dirs_of_files
 
 DIRS = 40
@@ -62,10 +62,7 @@ def _contents(repo: Repository, tree: bytes) -> dict[bytes, list[bytes | int]]:
 def test_unchanged_files_of_many_directories_share_one_question(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
+    repo = open_local_repo(tmp_path / "repo")
     cache = tmp_path / "files-cache"
 
     first = _backup(repo, _RemoteSink(repo), cache, src)

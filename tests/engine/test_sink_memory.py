@@ -10,12 +10,11 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.sink import RepositorySink
-from strongroom.repository import TEST_KDF, Repository
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.pack import DATA, WRITE_SIZE
+from tests.conftest import open_local_repo
 
 
 def _held_by_packs(snapshot: tracemalloc.Snapshot) -> int:
@@ -26,10 +25,7 @@ def _held_by_packs(snapshot: tracemalloc.Snapshot) -> int:
 
 
 def test_finished_sinks_hold_no_pack_buffers(tmp_path: Path) -> None:
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
+    repo = open_local_repo(tmp_path / "repo")
     tracemalloc.start()
     try:
         sinks = []

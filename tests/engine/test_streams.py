@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import Archiver, BackupRequest
 from strongroom.engine.restorer import Restorer, RestoreRequest
@@ -24,21 +23,14 @@ from strongroom.engine.streams import (
 )
 from strongroom.engine.walk import find_node, load_tree, walk
 from strongroom.errors import UsageError
-from strongroom.repository import TEST_KDF, TREE, Node, Repository, Snapshot
+from strongroom.repository import TREE, Node, Repository, Snapshot
 from strongroom.repository.crypto import blob_id
 from strongroom.repository.tree import encode_tree
+from tests.conftest import open_local_repo
 
 BIG = 50_000_000
 # Deterministic bytes with no structure a compressor could use, 50 MB of them.
 GENERATE = "import random,sys; sys.stdout.buffer.write(random.Random(7).randbytes({}))"
-
-
-def _repo(tmp_path: Path) -> Repository:
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
-    return repo
 
 
 def _backup(repo: Repository, paths: list[str], *streams: CommandStream) -> Snapshot:
@@ -47,7 +39,7 @@ def _backup(repo: Repository, paths: list[str], *streams: CommandStream) -> Snap
 
 
 def test_a_large_stream_round_trips_exactly_and_deduplicates(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     src = tmp_path / "etc"
     src.mkdir()
     (src / "app.conf").write_text("listen = 5432\n")
@@ -87,7 +79,7 @@ def test_a_large_stream_round_trips_exactly_and_deduplicates(tmp_path: Path) -> 
 
 
 def test_a_stream_alone_makes_a_snapshot(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     snap = _backup(repo, [], CommandStream("x", ["echo", "hi"]))
     assert snap.paths == ["/stdin/x"]
     assert [p for p, _ in walk(repo, snap.tree)] == [b"/stdin", b"/stdin/x"]
@@ -103,7 +95,7 @@ def test_a_stream_alone_makes_a_snapshot(tmp_path: Path) -> None:
 def test_a_failing_command_fails_the_backup_and_writes_no_snapshot(
     tmp_path: Path, script: str, how: str
 ) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     src = tmp_path / "etc"
     src.mkdir()
     (src / "f").write_text("x")
@@ -118,7 +110,7 @@ def test_a_failing_command_fails_the_backup_and_writes_no_snapshot(
 
 
 def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     pidfile = tmp_path / "child.pid"
     # The backgrounded sleep holds the pipe open: only killing the group ends the read.
     script = f"sleep 120 & echo $! > {pidfile}; echo partial output; wait"
@@ -131,7 +123,7 @@ def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path: Pat
 
 
 def test_a_backup_that_fails_elsewhere_stops_its_streams(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     start = time.monotonic()
     with pytest.raises(UsageError, match="No such file"):
         _backup(repo, [str(tmp_path / "missing")], CommandStream("s", ["sleep", "120"]))
@@ -140,7 +132,7 @@ def test_a_backup_that_fails_elsewhere_stops_its_streams(tmp_path: Path) -> None
 
 
 def test_a_command_that_cannot_start_names_itself(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     with pytest.raises(StreamFailed, match=r"command: no-such-dumper --all\): cannot run it"):
         _backup(repo, [], CommandStream("s", ["no-such-dumper", "--all"]))
 
@@ -169,7 +161,7 @@ def test_distinct_stream_places_pass() -> None:
 
 
 def test_graft_adds_streams_beside_existing_ones(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
+    repo = open_local_repo(tmp_path / "repo")
     snap = _backup(repo, [], CommandStream("sql/a", ["echo", "a"]))
     saved: list[bytes] = []
 

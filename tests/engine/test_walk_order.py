@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import (
     BATCH_BYTES,
@@ -17,7 +16,7 @@ from strongroom.engine.archiver import (
     _PendingFile,
 )
 from strongroom.engine.walk import walk
-from strongroom.repository import TEST_KDF, Repository
+from tests.conftest import open_local_repo
 
 
 class _HeldUntilNextPath(Archiver):
@@ -43,10 +42,7 @@ def test_the_next_path_is_read_while_the_last_files_of_one_are(tmp_path: Path) -
     # each a batch of its own, handed to a file thread as soon as the walk meets it
     (tmp_path / "x" / "a" / "deep" / "f").write_bytes(b"1" * BATCH_BYTES)
     (tmp_path / "x" / "b" / "g").write_bytes(b"2" * BATCH_BYTES)
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
-    repo.load_index()
+    repo = open_local_repo(tmp_path / "repo")
     archiver = _HeldUntilNextPath(repo, SystemClock(), workers=2)
     archiver.first = os.fsencode(tmp_path / "x" / "a")
     archiver.second = os.fsencode(tmp_path / "x" / "b")
