@@ -124,11 +124,13 @@ class App:
             hint="set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or STRONGROOM_PASSWORD_COMMAND",
         )
 
-    def worker_processes(self) -> int:
-        """How many worker processes a backup or restore forks: one per core beyond
-        the first (STRONGROOM_WORKER_PROCESSES overrides; 0 keeps it in one process,
-        without a directory scanner process either). STRONGROOM_DIRECT_IO is checked
-        here too, before any work starts (engine/direct.py)."""
+    def worker_processes(self, *, restore: bool = False) -> int:
+        """How many worker processes a backup or restore forks: for a backup one per
+        core beyond the first, for a restore one per core (its parent restores files
+        too: docs/performance.md, "A tenth host"). STRONGROOM_WORKER_PROCESSES
+        overrides; 0 keeps it in one process, without a directory scanner process
+        either. STRONGROOM_DIRECT_IO is checked here too, before any work starts
+        (engine/direct.py)."""
         from strongroom.engine.direct import enabled
 
         enabled()
@@ -139,7 +141,8 @@ class App:
                     f"STRONGROOM_WORKER_PROCESSES={given!r}: give a whole number (0 or more)"
                 )
             return int(given)
-        return max(0, (os.cpu_count() or 1) - 1)
+        cores = os.cpu_count() or 1
+        return cores if restore else max(0, cores - 1)
 
     def kdf(self) -> KdfParams:
         from strongroom.repository import TEST_KDF, KdfParams

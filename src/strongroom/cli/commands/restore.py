@@ -40,7 +40,7 @@ def restore_command(
     request = RestoreRequest(target, includes, excludes, verify)
     url, _ = app.repository_target()
     # Worker processes are forked first, before any thread starts.
-    count = 0 if to_client else app.worker_processes()
+    count = 0 if to_client else app.worker_processes(restore=True)
     with Workers(count, app.clock) as workers, app.open_repository(purpose="restore") as repo:
         snap = app.resolve_snapshot(repo, snapshot, client, job, tags)
         where = f" on {to_client}" if to_client else ""
@@ -49,7 +49,10 @@ def restore_command(
             result = _restore_on_client(app, repo, snap, to_client, request)
         else:
             lanes = workers.for_restore(repo, url)
-            threads = file_threads(lanes)
+            # The parent writes files too, beside a worker per core: a restore's
+            # writers block in the kernel (creating files, waiting for pack reads)
+            # about a tenth of their time, and one writer more than cores fills it.
+            threads = max(1, file_threads(lanes))
             result = Restorer(repo, workers=threads, lanes=lanes).restore(snap, request)
     for w in result.warnings:
         app.warn(w)
