@@ -322,6 +322,7 @@ class Restorer:
             self._owner = request.restore_owner
         self._includes = [os.fsencode(p) for p in request.includes]
         self._excludes = [os.fsencode(p) for p in request.excludes]
+        self._patterns = bool(self._includes or self._excludes)  # else everything
         # Files are created with their mode where the umask allows it (no chmod then).
         self._umask = _current_umask()
         try:
@@ -432,7 +433,11 @@ class Restorer:
                 continue
             seen.add(node.name)
             child = (*parts, node.name)
-            choice = self._selected(b"/" + b"/".join(child), node.type == DIR)
+            choice = (
+                self._selected(b"/" + b"/".join(child), node.type == DIR)
+                if self._patterns
+                else True
+            )
             if choice is False:
                 continue
             if node.type == DIR:
