@@ -322,7 +322,6 @@ class Restorer:
             self._owner = request.restore_owner
         self._includes = [os.fsencode(p) for p in request.includes]
         self._excludes = [os.fsencode(p) for p in request.excludes]
-        self._patterns = bool(self._includes or self._excludes)  # else everything
         # Files are created with their mode where the umask allows it (no chmod then).
         self._umask = _current_umask()
         try:
@@ -386,8 +385,12 @@ class Restorer:
 
     # --- selection ------------------------------------------------------------------
 
-    def _selected(self, path: bytes, is_dir: bool) -> bool | None:
-        """True: restore; False: skip entirely; None: a directory to look inside."""
+    def _selected(self, parts: tuple[bytes, ...], is_dir: bool) -> bool | None:
+        """True: restore; False: skip entirely; None: a directory to look inside.
+        Without patterns everything is restored, and no path is built."""
+        if not (self._includes or self._excludes):
+            return True
+        path = b"/" + b"/".join(parts)
         for pattern in self._excludes:
             name = path.rsplit(b"/", 1)[-1]
             if fnmatch.fnmatchcase(path if b"/" in pattern else name, pattern):
@@ -433,11 +436,7 @@ class Restorer:
                 continue
             seen.add(node.name)
             child = (*parts, node.name)
-            choice = (
-                self._selected(b"/" + b"/".join(child), node.type == DIR)
-                if self._patterns
-                else True
-            )
+            choice = self._selected(child, node.type == DIR)
             if choice is False:
                 continue
             if node.type == DIR:
