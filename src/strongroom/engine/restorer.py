@@ -391,8 +391,8 @@ class Restorer:
         if not (self._includes or self._excludes):
             return True
         path = b"/" + b"/".join(parts)
+        name = parts[-1]
         for pattern in self._excludes:
-            name = path.rsplit(b"/", 1)[-1]
             if fnmatch.fnmatchcase(path if b"/" in pattern else name, pattern):
                 return False
         if not self._includes:
