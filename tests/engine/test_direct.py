@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.backend import LocalBackend
 from strongroom.clock import SystemClock
 from strongroom.engine.archiver import DIRECT_MIN, Archiver, BackupRequest, BackupResult
 from strongroom.engine.direct import (
@@ -27,8 +26,8 @@ from strongroom.engine.direct import (
 )
 from strongroom.engine.files_cache import FilesCache
 from strongroom.engine.restorer import Restorer, RestoreRequest
-from strongroom.repository import TEST_KDF, Repository, Snapshot
-from tests.conftest import cli, init_repo
+from strongroom.repository import Repository, Snapshot
+from tests.conftest import cli, init_repo, open_local_repo
 from tests.reliability.helpers import evict
 
 
@@ -191,12 +190,9 @@ def _backed_up(
     src.mkdir()
     for name, data in files.items():
         _evicted(src / name, data)
-    repo = Repository.init(
-        LocalBackend(tmp_path / "repo"), b"pw", kdf=TEST_KDF, created="", hostname="", username=""
-    )
+    repo = open_local_repo(tmp_path / "repo")
     if pack_size is not None:
         repo.pack_target_size = pack_size
-    repo.load_index()
     result = Archiver(repo, SystemClock(), FilesCache(tmp_path / "cache")).backup(
         BackupRequest(paths=[str(src)], client="c")
     )
